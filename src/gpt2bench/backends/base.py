@@ -1,0 +1,122 @@
+"""The backend interface and registry.
+
+A backend turns token ids into token ids. It never reads a clock: the harness does, around the
+iterator that `generate` returns, so every backend is timed by the same code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from gpt2bench.errors import MissingExtraError, UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from gpt2bench.models import ModelRef
+    from gpt2bench.specs import Sampling
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    device: str = "cpu"
+    dtype: str = "fp32"
+    threads: int = 1
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """Implementations keep heavy imports (torch, onnxruntime, vllm) inside their methods, so
+    that listing backends or plotting results never pays for them."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def load(self, model: ModelRef, settings: BackendSettings) -> dict[str, float]:
+        """Load weights and get ready to generate. The harness times the whole call as load time;
+        return sub-phases worth reporting on their own (export_s, compile_s...), in seconds."""
+
+    @abstractmethod
+    def generate(self, input_ids: np.ndarray, max_new_tokens: int, sampling: Sampling) -> Iterator[np.ndarray]:
+        """Yield exactly `max_new_tokens` steps, each the [batch] int64 ids of that step, on the
+        host. Work must start lazily, at the first `next()`, and EOS must not stop generation."""
+
+    @abstractmethod
+    def logits(self, input_ids: np.ndarray) -> np.ndarray:
+        """Float32 [batch, seq, vocab] logits of one forward pass, with the generation numerics."""
+
+    def synchronize(self) -> None:
+        """Wait for queued device work; the harness calls it before every clock read."""
+
+    def reset_peak_memory(self) -> None:
+        """Reset device peak-memory counters (host RSS is handled by the harness)."""
+
+    def memory_stats(self) -> dict[str, float]:
+        """Device memory figures in MB, e.g. {'cuda_max_allocated_mb': ...}."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about the loaded backend worth recording (what was quantized, providers...)."""
+        return {}
+
+    def close(self) -> None:
+        """Release the model; the backend is not used again."""
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    factory: Callable[[], Backend]
+    description: str
+    requires: tuple[tuple[str, str], ...] = ()  # (importable module, extra that installs it)
+    devices: tuple[str, ...] = ("cpu",)
+    dtypes: tuple[str, ...] = ("fp32",)
+
+    def missing(self) -> tuple[str, str] | None:
+        """The first (module, extra) that is not installed, without importing anything."""
+        for module, extra in self.requires:
+            if importlib.util.find_spec(module) is None:
+                return module, extra
+        return None
+
+    def unavailable_reason(self) -> str | None:
+        gap = self.missing()
+        return f"needs '{gap[0]}': pip install 'gpt2bench[{gap[1]}]'" if gap else None
+
+    def create(self) -> Backend:
+        gap = self.missing()
+        if gap:
+            raise MissingExtraError(f"backend '{self.name}'", *gap)
+        return self.factory()
+
+
+REGISTRY: dict[str, BackendInfo] = {}
+
+
+def register(
+    name: str,
+    *,
+    description: str,
+    requires: tuple[tuple[str, str], ...] = (),
+    devices: tuple[str, ...] = ("cpu",),
+    dtypes: tuple[str, ...] = ("fp32",),
+) -> Callable[[type[Backend]], type[Backend]]:
+    def decorate(cls: type[Backend]) -> type[Backend]:
+        if name in REGISTRY:
+            raise ValueError(f"backend '{name}' registered twice")
+        cls.name = name
+        REGISTRY[name] = BackendInfo(name, cls, description, requires, devices, dtypes)
+        return cls
+
+    return decorate
+
+
+def get_backend(name: str) -> BackendInfo:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UsageError(f"unknown backend '{name}' (valid: {', '.join(sorted(REGISTRY))})") from None

@@ -1,0 +1,163 @@
+"""Hugging Face transformers GPT-2: fp32 eager, and torch dynamic quantization (fp16 or int8).
+
+The decode loop is our own rather than `model.generate`, so the harness sees every token id the
+moment it exists, EOS never stops generation, and nothing re-tokenizes text.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gpt2bench.backends.base import Backend, BackendSettings, register
+from gpt2bench.backends.torch_common import make_generator, select_next, torch_device, torch_dtype
+from gpt2bench.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from gpt2bench.models import ModelRef
+    from gpt2bench.specs import Sampling
+
+
+@register(
+    "hf-eager",
+    description="transformers GPT2LMHeadModel, eager PyTorch with its KV cache",
+    devices=("cpu", "cuda"),
+    dtypes=("fp32", "bf16", "fp16"),
+)
+class HFEager(Backend):
+    def load(self, model: ModelRef, settings: BackendSettings) -> dict[str, float]:
+        from transformers import GPT2LMHeadModel
+
+        if settings.dtype == "fp16" and settings.device == "cpu":
+            raise UsageError("fp16 is for --device cuda; on the CPU use fp32 or bf16")
+        self.device = torch_device(settings.device, settings.threads)
+        net = GPT2LMHeadModel.from_pretrained(model.path, dtype=torch_dtype(settings.dtype))
+        self.model = self.prepare(net.eval().to(self.device))
+        return {}
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def generate(self, input_ids: np.ndarray, max_new_tokens: int, sampling: Sampling) -> Iterator[np.ndarray]:
+        import torch
+
+        generator = make_generator(sampling, self.device)
+        ids = torch.from_numpy(input_ids).to(self.device)
+        past = None
+        for _ in range(max_new_tokens):
+            ids, past = self._step(ids, past, sampling, generator)
+            yield ids.cpu().numpy()
+            ids = ids[:, None]
+
+    def _step(self, ids: torch.Tensor, past: Any, sampling: Sampling, generator: Any) -> tuple[torch.Tensor, Any]:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, past_key_values=past, use_cache=True)
+            return select_next(out.logits[:, -1, :], sampling, generator), out.past_key_values
+
+    def logits(self, input_ids: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.from_numpy(input_ids).to(self.device), use_cache=False)
+            return out.logits.float().cpu().numpy()
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+    def reset_peak_memory(self) -> None:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def memory_stats(self) -> dict[str, float]:
+        if self.device.type != "cuda":
+            return {}
+        import torch
+
+        return {"cuda_max_allocated_mb": torch.cuda.max_memory_allocated(self.device) / 2**20}
+
+    def close(self) -> None:
+        self.model = None
+
+
+def conv1d_to_linear(model: torch.nn.Module) -> int:
+    """Replace every transformers Conv1D with an equivalent nn.Linear, in place; return how many.
+
+    GPT-2's projections are Conv1D (y = x @ W + b, W stored [in, out]), which quantize_dynamic does
+    not recognise: given {nn.Linear} it would quietly quantize lm_head alone.
+    """
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    replaced = 0
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, Conv1D):
+                n_in, n_out = child.weight.shape
+                linear = torch.nn.Linear(n_in, n_out, bias=True, dtype=child.weight.dtype)
+                with torch.no_grad():
+                    linear.weight.copy_(child.weight.t())
+                    linear.bias.copy_(child.bias)
+                setattr(parent, child_name, linear)
+                replaced += 1
+    return replaced
+
+
+def count_linears(model: torch.nn.Module) -> dict[str, int]:
+    import torch
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantLinear
+    from transformers.pytorch_utils import Conv1D
+
+    counts = {"dynamic_quantized_linear": 0, "float_linear": 0, "conv1d": 0}
+    for module in model.modules():
+        if isinstance(module, DynamicQuantLinear):
+            counts["dynamic_quantized_linear"] += 1
+        elif isinstance(module, torch.nn.Linear):
+            counts["float_linear"] += 1
+        elif isinstance(module, Conv1D):
+            counts["conv1d"] += 1
+    return counts
+
+
+class _DynamicQuant(HFEager):
+    """Weights of every projection and lm_head quantized ahead of time; activations stay fp32 and
+    are quantized on the fly per call (torch.ao dynamic quantization, CPU only)."""
+
+    quant_dtype: str
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        import torch
+        from torch.ao.quantization import quantize_dynamic
+
+        self.converted = conv1d_to_linear(model)
+        with warnings.catch_warnings():
+            # torch.ao.quantization is deprecated in favour of torchao, but it is the API the
+            # studies we reproduce used, and it still works in torch 2.13.
+            warnings.simplefilter("ignore")
+            quantized = quantize_dynamic(model, {torch.nn.Linear}, dtype=getattr(torch, self.quant_dtype))
+        self.counts = count_linears(quantized)
+        return quantized
+
+    def describe(self) -> dict[str, Any]:
+        return {"conv1d_converted": self.converted, **self.counts}
+
+
+@register("hf-fp16-dynq", description="hf-eager with every linear layer dynamically quantized to fp16 weights")
+class HFFp16DynQuant(_DynamicQuant):
+    quant_dtype = "float16"
+
+
+@register("hf-int8-dynq", description="hf-eager with every linear layer dynamically quantized to qint8")
+class HFInt8DynQuant(_DynamicQuant):
+    quant_dtype = "qint8"

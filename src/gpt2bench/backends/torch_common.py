@@ -1,0 +1,60 @@
+"""Pieces every PyTorch backend shares: dtype names, device checks, next-token selection."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gpt2bench.errors import BenchError
+
+if TYPE_CHECKING:
+    import torch
+
+    from gpt2bench.specs import Sampling
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def torch_device(name: str, threads: int) -> torch.device:
+    """Apply the thread setting (recorded with every result) and check the device exists."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def make_generator(sampling: Sampling, device: torch.device) -> torch.Generator | None:
+    """A seeded generator per generation, so a sampled run is reproducible repetition after repetition."""
+    import torch
+
+    if sampling.greedy:
+        return None
+    gen = torch.Generator(device=device)
+    gen.manual_seed(sampling.seed)
+    return gen
+
+
+def select_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
+    """[batch, vocab] logits -> [batch] token ids: argmax when greedy, else temperature/top-k/top-p."""
+    import torch
+
+    if sampling.greedy:
+        return logits.argmax(dim=-1)
+    scores = logits.float() / sampling.temperature
+    if sampling.top_k:
+        kth = torch.topk(scores, min(sampling.top_k, scores.shape[-1]), dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
+        cum = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token when the mass before it already reaches top_p; the best token always stays.
+        drop_sorted = (cum - sorted_scores.softmax(dim=-1)) >= sampling.top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    probs = scores.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

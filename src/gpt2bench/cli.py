@@ -1,0 +1,149 @@
+"""The command line. Commands stay thin and import heavy modules inside their bodies, so
+`gpt2bench --help`, `backends` and `plot` never import torch."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gpt2bench.errors import BenchError, UsageError
+
+app = typer.Typer(
+    name="gpt2bench",
+    help="Benchmark GPT-2 inference backends: latency, throughput, memory and quality, reproducibly.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _parse_options(pairs: list[str]) -> dict[str, object]:
+    import yaml
+
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--option expects key=value, got '{pair}'")
+        options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
+@app.command()
+def run(
+    backend: Annotated[str, typer.Option("--backend", "-b", help="Backend name (see `gpt2bench backends`).")],
+    prompt_len: Annotated[int, typer.Option(help="Prompt length in tokens.")] = 50,
+    gen_len: Annotated[int, typer.Option(help="Tokens to generate (exactly; EOS is ignored).")] = 100,
+    batch_size: Annotated[int, typer.Option(help="Sequences per generation.")] = 1,
+    repeats: Annotated[int, typer.Option(help="Timed repetitions.")] = 5,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up generations.")] = 2,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Hub id, local Hugging Face folder, or 'random'. Default: gpt2, or random when offline."),
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads. Default: the cores available.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16, where the backend supports it.")] = "fp32",
+    temperature: Annotated[float, typer.Option(help="0 = greedy (default); > 0 samples.")] = 0.0,
+    top_k: Annotated[int, typer.Option(help="Sampling: keep the k best tokens (0 = all).")] = 0,
+    top_p: Annotated[float, typer.Option(help="Sampling: nucleus mass.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    option: Annotated[
+        list[str] | None, typer.Option("--option", "-o", help="Backend option key=value (repeatable).")
+    ] = None,
+    output: Annotated[Path, typer.Option(help="Results folder; each run writes <output>/<run-id>/.")] = Path("results"),
+) -> None:
+    """Measure one backend on one (prompt length, generation length, batch size) cell."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from gpt2bench.specs import RunSpec, Sampling, default_threads
+
+    spec = RunSpec(
+        backend=backend,
+        prompt_len=prompt_len,
+        gen_len=gen_len,
+        batch_size=batch_size,
+        repeats=repeats,
+        warmup=warmup,
+        model=model,
+        threads=threads if threads is not None else default_threads(),
+        device=device,
+        dtype=dtype,
+        sampling=Sampling(temperature, top_k, top_p, seed),
+        options=_parse_options(option or []),
+    )
+    spec.validate()
+
+    from gpt2bench.results import ResultsStore, new_run_id
+    from gpt2bench.runner import prepare_output, run_cell
+    from gpt2bench.summary import print_summary
+
+    prepare_output(output)
+    run_id = new_run_id(backend)
+    console = Console()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(f"{backend}: loading", total=warmup + repeats)
+
+        def on_step(phase: str, _i: int, _n: int) -> None:
+            progress.update(task, advance=1, description=f"{backend}: {phase}")
+
+        cell = run_cell(spec, run_id, _warn, on_step)
+    store = ResultsStore(output / run_id, cell.environment, meta={"run_id": run_id, "model": cell.model.as_record()})
+    store.add(cell.row, cell.samples)
+    print_summary(console, cell.row, cell.sample_text, cell.details, str(store.folder))
+
+
+@app.command("backends")
+def list_backends() -> None:
+    """List every backend, whether it can run here, and why not."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from gpt2bench.backends import REGISTRY
+
+    table = Table(title="gpt2bench backends")
+    for col in ("backend", "available", "devices", "dtypes", "description"):
+        table.add_column(col)
+    for name, info in sorted(REGISTRY.items()):
+        reason = info.unavailable_reason()
+        table.add_row(
+            name,
+            "yes" if reason is None else f"no: {reason}",
+            ",".join(info.devices),
+            ",".join(info.dtypes),
+            info.description,
+        )
+    Console().print(table)
+
+
+def main() -> None:
+    """Entry point: our errors become one line on stderr and an exit code, never a traceback."""
+    try:
+        app()
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # a bug: keep it to one line unless asked for the traceback
+        if os.environ.get("GPT2BENCH_DEBUG"):
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc} (set GPT2BENCH_DEBUG=1 for the traceback)", file=sys.stderr)
+        sys.exit(1)

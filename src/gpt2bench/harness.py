@@ -1,0 +1,126 @@
+"""The timing loop every backend runs through.
+
+The harness owns every clock read. It timestamps each step's token ids as they reach the host,
+counts ids itself (never text), insists on exactly gen-len steps, and synchronizes the device
+before each clock read. Tokenization happened before (prompts.py) and is not in any timed region.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gpt2bench.backends.base import Backend, BackendSettings
+from gpt2bench.errors import BenchError
+from gpt2bench.metrics import PER_RUN_METRICS, RunMetrics, percentiles, run_metrics, summarize
+from gpt2bench.models import ModelRef
+from gpt2bench.prompts import Prompts
+from gpt2bench.specs import Sampling
+from gpt2bench.sysinfo import ContentionMonitor, CpuContention, peak_rss_mb, reset_peak_rss, rss_mb
+
+Clock = Callable[[], int]
+
+
+@dataclass
+class Generation:
+    start_ns: int
+    token_ns: list[int]
+    tokens: np.ndarray  # int64 [batch, n_steps], as counted by the harness
+
+
+@dataclass
+class LoadResult:
+    load_s: float
+    phases: dict[str, float]  # backend-reported sub-phases (export_s, compile_s, ...)
+    rss_after_load_mb: float | None
+
+
+@dataclass
+class Measurement:
+    generations: list[Generation]
+    runs: list[RunMetrics]
+    warmup_runs: int
+    contention: CpuContention
+    peak_rss_mb: float
+    peak_rss_scope: str  # "measurement" when the peak was reset before it, else "process"
+    device_memory: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def tokens_per_run(self) -> int:
+        return int(self.generations[0].tokens.size)
+
+    @property
+    def tokens_consistent(self) -> bool:
+        """Whether every repetition produced the same ids (expected under greedy decoding)."""
+        first = self.generations[0].tokens
+        return all(np.array_equal(first, g.tokens) for g in self.generations[1:])
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        return {name: summarize([getattr(r, name) for r in self.runs]) for name in PER_RUN_METRICS}
+
+    def itl_percentiles(self) -> dict[str, float]:
+        """Inter-token latencies pooled over all measured repetitions."""
+        return percentiles([v for r in self.runs for v in r.itl_ms])
+
+
+def timed_load(
+    backend: Backend, model: ModelRef, settings: BackendSettings, clock: Clock = time.perf_counter_ns
+) -> LoadResult:
+    t0 = clock()
+    phases = backend.load(model, settings) or {}
+    backend.synchronize()
+    return LoadResult((clock() - t0) / 1e9, phases, rss_mb())
+
+
+def timed_generation(
+    backend: Backend, input_ids: np.ndarray, gen_len: int, sampling: Sampling, clock: Clock = time.perf_counter_ns
+) -> Generation:
+    steps = []
+    stamps = []
+    backend.synchronize()
+    start = clock()
+    for step in backend.generate(input_ids, gen_len, sampling):
+        backend.synchronize()
+        stamps.append(clock())
+        steps.append(step)
+        if len(steps) > gen_len:
+            break
+    batch = input_ids.shape[0]
+    if len(steps) != gen_len:
+        raise BenchError(f"backend '{backend.name}' produced {len(steps)} generation steps, expected exactly {gen_len}")
+    tokens = np.stack([np.asarray(s, dtype=np.int64).reshape(-1) for s in steps], axis=1)
+    if tokens.shape != (batch, gen_len):
+        raise BenchError(
+            f"backend '{backend.name}' produced token ids of shape {tokens.shape}, expected {(batch, gen_len)}"
+        )
+    return Generation(start, stamps, tokens)
+
+
+def measure(
+    backend: Backend,
+    prompts: Prompts,
+    gen_len: int,
+    sampling: Sampling,
+    warmup: int,
+    repeats: int,
+    on_step: Callable[[str, int, int], None] | None = None,
+) -> Measurement:
+    """Warm up (results discarded), then time `repeats` generations of the same prompts."""
+    for i in range(warmup):
+        timed_generation(backend, prompts.input_ids, gen_len, sampling)
+        if on_step:
+            on_step("warmup", i + 1, warmup)
+    scope = "measurement" if reset_peak_rss() else "process"
+    backend.reset_peak_memory()
+    monitor = ContentionMonitor()
+    generations = []
+    for i in range(repeats):
+        generations.append(timed_generation(backend, prompts.input_ids, gen_len, sampling))
+        if on_step:
+            on_step("measure", i + 1, repeats)
+    contention = monitor.stop()
+    runs = [run_metrics(g.start_ns, g.token_ns, prompts.batch_size, prompts.prompt_len) for g in generations]
+    return Measurement(generations, runs, warmup, contention, peak_rss_mb(), scope, backend.memory_stats())

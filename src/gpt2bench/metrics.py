@@ -1,0 +1,98 @@
+"""Pure metric definitions. Times come in as integer nanoseconds from one monotonic clock.
+
+For one generation of n tokens per sequence, batch B, prompt length P, started at t0, with the
+host receiving step i's ids at t[i]:
+
+    TTFT        = t[0] - t0                       prefill + first token
+    e2e         = t[n-1] - t0
+    TPOT        = (e2e - TTFT) / (n - 1)          mean decode time per step (undefined for n = 1)
+    ITL[i]      = t[i] - t[i-1], i = 1..n-1       inter-token latencies
+    decode tok/s  = B * (n - 1) / (e2e - TTFT)
+    overall tok/s = B * n / e2e
+    prefill tok/s = B * P / TTFT
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+NS_PER_MS = 1e6
+NS_PER_S = 1e9
+PER_RUN_METRICS = ("ttft_ms", "tpot_ms", "e2e_ms", "decode_tps", "overall_tps", "prefill_tps")
+STATS = ("median", "mean", "std", "min", "max", "p90", "p99", "ci95_low", "ci95_high")
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    ttft_ms: float
+    tpot_ms: float
+    e2e_ms: float
+    decode_tps: float
+    overall_tps: float
+    prefill_tps: float
+    itl_ms: tuple[float, ...]
+
+    def scalars(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in PER_RUN_METRICS}
+
+
+def run_metrics(start_ns: int, token_ns: Sequence[int], batch_size: int, prompt_len: int) -> RunMetrics:
+    if not token_ns:
+        raise ValueError("a generation must produce at least one token")
+    stamps = np.asarray(token_ns, dtype=np.int64)
+    if stamps[0] < start_ns or np.any(np.diff(stamps) < 0):
+        raise ValueError("token timestamps must not precede the start or go backwards")
+    n = len(stamps)
+    ttft = int(stamps[0] - start_ns)
+    e2e = int(stamps[-1] - start_ns)
+    decode = e2e - ttft
+    nan = math.nan
+    return RunMetrics(
+        ttft_ms=ttft / NS_PER_MS,
+        tpot_ms=decode / (n - 1) / NS_PER_MS if n > 1 else nan,
+        e2e_ms=e2e / NS_PER_MS,
+        decode_tps=batch_size * (n - 1) / (decode / NS_PER_S) if n > 1 and decode > 0 else nan,
+        overall_tps=batch_size * n / (e2e / NS_PER_S) if e2e > 0 else nan,
+        prefill_tps=batch_size * prompt_len / (ttft / NS_PER_S) if ttft > 0 else nan,
+        itl_ms=tuple((np.diff(stamps) / NS_PER_MS).tolist()),
+    )
+
+
+def t_critical_95(dof: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, dof))
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    """Median, mean, sample std, min, max, p90, p99 (linear interpolation) and the 95% confidence
+    interval of the mean (Student t). NaN samples (e.g. TPOT of 1-token runs) are ignored."""
+    arr = np.asarray(values, dtype=np.float64)
+    arr = arr[~np.isnan(arr)]
+    if arr.size == 0:
+        return dict.fromkeys(STATS, math.nan)
+    mean = float(arr.mean())
+    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    half = t_critical_95(arr.size - 1) * std / math.sqrt(arr.size) if arr.size > 1 else math.nan
+    return {
+        "median": float(np.median(arr)),
+        "mean": mean,
+        "std": std,
+        "min": float(arr.min()),
+        "max": float(arr.max()),
+        "p90": float(np.percentile(arr, 90)),
+        "p99": float(np.percentile(arr, 99)),
+        "ci95_low": mean - half,
+        "ci95_high": mean + half,
+    }
+
+
+def percentiles(values: Sequence[float], qs: Sequence[int] = (50, 90, 99)) -> dict[str, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return {f"p{q}": math.nan for q in qs}
+    return {f"p{q}": float(np.percentile(arr, q)) for q in qs}

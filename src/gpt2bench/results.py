@@ -1,0 +1,120 @@
+"""The results schema and writers: results.csv (one flat row per configuration) and results.json
+(rows, raw per-repetition samples, environment metadata). Both are rewritten atomically after every
+finished row, so an interruption never loses finished rows or leaves half a file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from gpt2bench.fsutil import atomic_write_text
+from gpt2bench.metrics import PER_RUN_METRICS, STATS
+
+SCHEMA_VERSION = 1
+CSV_NAME = "results.csv"
+JSON_NAME = "results.json"
+
+# Columns every row has, in this order; backend-specific extras (load phases...) follow.
+IDENTITY_COLUMNS = [
+    "schema_version",
+    "run_id",
+    "status",
+    "error",
+    "backend",
+    "model",
+    "model_hash",
+    "weights",
+    "device",
+    "dtype",
+    "threads",
+    "batch_size",
+    "prompt_len",
+    "gen_len",
+    "warmup",
+    "repeats",
+    "sampling",
+    "options",
+]
+MEASURE_COLUMNS = [
+    "load_s",
+    "tokenize_ms",
+    "tokens_per_run",
+    "tokens_consistent",
+    *[f"{m}_{s}" for m in PER_RUN_METRICS for s in STATS],
+    "itl_ms_p50",
+    "itl_ms_p90",
+    "itl_ms_p99",
+    "rss_after_load_mb",
+    "peak_rss_mb",
+    "peak_rss_scope",
+    "other_cpu_s",
+    "other_cpu_frac",
+    "timestamp_utc",
+    "git_commit",
+    "gpt2bench_version",
+]
+COLUMNS = IDENTITY_COLUMNS + MEASURE_COLUMNS
+
+
+def new_run_id(label: str) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{label}-{secrets.token_hex(2)}"
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN: write null, so other tools can read the file."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+class ResultsStore:
+    """A results folder: add() a finished row and both files are on disk, complete, at once."""
+
+    def __init__(self, folder: Path, environment: dict[str, Any], meta: dict[str, Any] | None = None) -> None:
+        self.folder = folder
+        self.environment = environment
+        self.meta = meta or {}
+        self.rows: list[dict[str, Any]] = []
+        self.samples: list[dict[str, Any]] = []
+
+    def add(self, row: dict[str, Any], samples: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.samples.append(samples)
+        self._write()
+
+    def columns(self) -> list[str]:
+        extra = [k for row in self.rows for k in row if k not in COLUMNS]
+        return COLUMNS + list(dict.fromkeys(extra))
+
+    def _write(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.columns(), extrasaction="raise", lineterminator="\n")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        document = {
+            "schema_version": SCHEMA_VERSION,
+            **self.meta,
+            "environment": self.environment,
+            "rows": self.rows,
+            "samples": self.samples,
+        }
+        # JSON first: it holds everything; the CSV is a view of it.
+        atomic_write_text(self.folder / JSON_NAME, json.dumps(_clean(document), indent=1))
+        atomic_write_text(self.folder / CSV_NAME, buf.getvalue())
+
+
+def load_results(folder: Path) -> dict[str, Any]:
+    """Read a results folder written by ResultsStore (no torch, no pandas needed)."""
+    return json.loads((folder / JSON_NAME).read_text())

@@ -1,0 +1,126 @@
+"""One benchmark cell, end to end: validate, resolve the model, cut prompts, load, measure, write."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpt2bench.errors import UsageError
+from gpt2bench.fsutil import check_writable
+from gpt2bench.specs import RunSpec
+
+
+def quiet_libraries() -> None:
+    """Progress bars and info logs from transformers/hub would interleave with our output."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@dataclass
+class CellResult:
+    row: dict[str, Any]
+    samples: dict[str, Any]
+    details: dict[str, Any]
+    model: Any
+    sample_text: str
+    environment: dict[str, Any]
+
+
+def run_cell(
+    spec: RunSpec, run_id: str, warn: Callable[[str], None], on_step: Callable[[str, int, int], None] | None = None
+) -> CellResult:
+    from gpt2bench.backends import BackendSettings, get_backend
+    from gpt2bench.harness import measure, timed_load
+    from gpt2bench.models import load_tokenizer, resolve_model
+    from gpt2bench.prompts import make_prompts
+    from gpt2bench.sysinfo import environment
+
+    spec.validate()
+    quiet_libraries()
+    backend = get_backend(spec.backend).create()
+    model = resolve_model(spec.model)
+    if model.fallback_reason:
+        warn(f"{model.fallback_reason}. Falling back to --model random (GPT-2 124M shapes, random weights).")
+    n_positions = int(model.config().get("n_positions", 1024))
+    if spec.prompt_len + spec.gen_len > n_positions:
+        raise UsageError(
+            f"prompt-len + gen-len = {spec.prompt_len + spec.gen_len} exceeds this model's {n_positions}-token context"
+        )
+    tokenizer = load_tokenizer(model)
+    prompts = make_prompts(tokenizer, spec.prompt_len, spec.batch_size)
+
+    settings = BackendSettings(spec.device, spec.dtype, spec.threads, spec.options)
+    try:
+        load = timed_load(backend, model, settings)
+        m = measure(backend, prompts, spec.gen_len, spec.sampling, spec.warmup, spec.repeats, on_step)
+        details = backend.describe()
+    finally:
+        backend.close()
+
+    env = environment()
+    stats = m.stats()
+    row: dict[str, Any] = {
+        "schema_version": 1,
+        "run_id": run_id,
+        "status": "ok",
+        "error": "",
+        "backend": spec.backend,
+        "model": model.reference,
+        "model_hash": model.weights_hash,
+        "weights": model.weights,
+        "device": spec.device,
+        "dtype": spec.dtype,
+        "threads": spec.threads,
+        "batch_size": spec.batch_size,
+        "prompt_len": spec.prompt_len,
+        "gen_len": spec.gen_len,
+        "warmup": spec.warmup,
+        "repeats": spec.repeats,
+        "sampling": spec.sampling.label(),
+        "options": json.dumps(spec.options, sort_keys=True),
+        "load_s": load.load_s,
+        "tokenize_ms": prompts.tokenize_s * 1e3,
+        "tokens_per_run": m.tokens_per_run,
+        "tokens_consistent": m.tokens_consistent,
+        **{f"{metric}_{stat}": value for metric, s in stats.items() for stat, value in s.items()},
+        **{f"itl_ms_{k}": v for k, v in m.itl_percentiles().items()},
+        "rss_after_load_mb": load.rss_after_load_mb,
+        "peak_rss_mb": m.peak_rss_mb,
+        "peak_rss_scope": m.peak_rss_scope,
+        "other_cpu_s": m.contention.other_cpu_s,
+        "other_cpu_frac": m.contention.other_cpu_frac,
+        "timestamp_utc": env["timestamp_utc"],
+        "git_commit": env["git"]["commit"],
+        "gpt2bench_version": env["gpt2bench_version"],
+        **{f"load_{k}": v for k, v in load.phases.items()},
+        **m.device_memory,
+    }
+    first = m.generations[0].tokens[0]
+    sample_text = tokenizer.decode(first.tolist())
+    samples = {
+        "run_id": run_id,
+        "per_run": {name: [r.scalars()[name] for r in m.runs] for name in stats},
+        "itl_ms": [list(r.itl_ms) for r in m.runs],
+        "prompt_ids": prompts.input_ids.tolist(),
+        "generated_ids": [g.tokens.tolist() for g in m.generations[:1]],
+        "sample_text": sample_text,
+        "backend_details": details,
+        "spec": spec.as_record(),
+        "contention_wall_s": m.contention.wall_s,
+    }
+    return CellResult(row, samples, details, model, sample_text, env)
+
+
+def prepare_output(output: Path) -> None:
+    """Fail before any expensive work if results could not be written."""
+    from gpt2bench.errors import BenchError
+
+    try:
+        check_writable(output)
+    except OSError as exc:
+        raise BenchError(f"cannot write results to '{output}': {exc.strerror or exc}") from None

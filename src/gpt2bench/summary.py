@@ -1,0 +1,96 @@
+"""The rich summary printed after a run."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from gpt2bench.metrics import PER_RUN_METRICS
+
+LABELS = {
+    "ttft_ms": "TTFT ms",
+    "tpot_ms": "TPOT ms",
+    "e2e_ms": "e2e ms",
+    "decode_tps": "decode tok/s",
+    "overall_tps": "total tok/s",
+    "prefill_tps": "prefill tok/s",
+}
+RANDOM_WARNING = (
+    "WEIGHTS ARE RANDOM: speed numbers have GPT-2 124M's real shapes and cost, but any "
+    "quality number (perplexity, agreement, sample text) is meaningless."
+)
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.{digits}f}"
+
+
+def print_summary(
+    console: Console, row: dict[str, Any], sample_text: str, details: dict[str, Any], out_folder: str
+) -> None:
+    header = (
+        f"[bold]{row['backend']}[/]  model={row['model']} ({row['weights']}, sha256:{row['model_hash']})  "
+        f"{row['device']}/{row['dtype']}  threads={row['threads']}\n"
+        f"prompt={row['prompt_len']} gen={row['gen_len']} batch={row['batch_size']}  "
+        f"warmup={row['warmup']} repeats={row['repeats']}  {row['sampling']}  "
+        f"tokens/run={row['tokens_per_run']} (counted as ids)"
+    )
+    console.print(Panel(header, title="gpt2bench run", expand=False))
+    table = Table(title="per repetition: median, p90, mean ± 95% CI (Student t), std, min, max")
+    for col in ("metric", "median", "p90", "mean ± CI", "std", "min", "max"):
+        table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=True)
+    for name in PER_RUN_METRICS:
+        g = {s: row.get(f"{name}_{s}") for s in ("median", "p90", "mean", "std", "min", "max", "ci95_high")}
+        half = g["ci95_high"] - g["mean"] if g["ci95_high"] is not None and g["mean"] is not None else None
+        table.add_row(
+            LABELS[name],
+            _fmt(g["median"], 1),
+            _fmt(g["p90"], 1),
+            f"{_fmt(g['mean'], 1)} ± {_fmt(half, 1)}",
+            _fmt(g["std"], 1),
+            _fmt(g["min"], 1),
+            _fmt(g["max"], 1),
+        )
+    table.add_row(
+        "ITL ms",
+        _fmt(row.get("itl_ms_p50"), 1),
+        _fmt(row.get("itl_ms_p90"), 1),
+        f"p99 {_fmt(row.get('itl_ms_p99'), 1)}",
+        "",
+        "",
+        "",
+    )
+    console.print(table)
+    noise = row.get("other_cpu_frac")
+    facts = [
+        f"load {_fmt(row['load_s'])} s",
+        f"tokenization {_fmt(row['tokenize_ms'])} ms (not in any timed figure)",
+        f"RSS after load {_fmt(row.get('rss_after_load_mb'), 0)} MB, peak {_fmt(row.get('peak_rss_mb'), 0)} MB "
+        f"({row.get('peak_rss_scope')})",
+        f"other processes used {_fmt(row.get('other_cpu_s'))} CPU-s ({_fmt((noise or 0) * 100, 1)}% of the machine)",
+    ]
+    extra = {k: v for k, v in row.items() if (k.startswith("load_") and k != "load_s") or k.startswith("cuda_")}
+    facts += [f"{k} {_fmt(v)}" for k, v in extra.items()]
+    if details:
+        facts.append("backend: " + ", ".join(f"{k}={v}" for k, v in details.items()))
+    console.print("  ".join(facts[:2]))
+    for fact in facts[2:]:
+        console.print(fact)
+    if noise is not None and not math.isnan(noise) and noise > 0.1:
+        console.print(
+            f"[yellow]noise: other processes took {noise:.0%} of the CPU during measurement; numbers may be inflated[/]"
+        )
+    if not row.get("tokens_consistent", True) and row["sampling"] == "greedy":
+        console.print("[yellow]greedy repetitions produced different tokens: this backend is not deterministic[/]")
+    console.print(f"sample (first sequence, decoded after timing): {sample_text[:200]!r}", markup=False)
+    if row["weights"] == "random":
+        console.print(Panel(f"[bold red]{RANDOM_WARNING}[/]", border_style="red"))
+    console.print(f"results: {out_folder}")

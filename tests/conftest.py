@@ -1,0 +1,68 @@
+"""Shared fixtures. Tests never touch ../shared or the user's cache: everything is built here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = {"n_layer": 2, "n_head": 2, "n_embd": 64, "initializer_range": 0.1}
+# initializer_range 0.1 (not GPT-2's 0.02) gives a random tiny model peaked enough logits that greedy
+# tokens vary along a generation, so token parity tests can fail; 0.02 repeats a single token.
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cache = tmp_path_factory.mktemp("gpt2bench-cache")
+    os.environ["GPT2BENCH_CACHE"] = str(cache)
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from gpt2bench.models import build_random_model
+
+    return build_random_model(tmp_path_factory.mktemp("models") / "tiny", seed=0, **TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir: Path):
+    from gpt2bench.models import resolve_model
+
+    return resolve_model(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from gpt2bench.models import load_tokenizer
+
+    return load_tokenizer()
+
+
+def load_backend(name: str, model, **settings):
+    from gpt2bench.backends import BackendSettings, get_backend
+
+    backend = get_backend(name).create()
+    backend.load(model, BackendSettings(threads=settings.pop("threads", 2), **settings))
+    return backend
+
+
+def greedy(backend, input_ids, n: int):
+    import numpy as np
+
+    from gpt2bench.specs import Sampling
+
+    return np.stack(list(backend.generate(input_ids, n, Sampling())), axis=1)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The installed CLI in a fresh process, as a user runs it."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "gpt2bench", *args], capture_output=True, text=True, env=full_env, timeout=timeout
+    )

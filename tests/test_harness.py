@@ -1,0 +1,76 @@
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from conftest import TINY, load_backend
+from gpt2bench.backends.base import Backend
+from gpt2bench.errors import BenchError
+from gpt2bench.harness import measure, timed_generation
+from gpt2bench.models import build_random_model, resolve_model
+from gpt2bench.prompts import make_prompts
+from gpt2bench.specs import Sampling
+
+EOS = 50256
+
+
+def test_exact_token_counts_and_timestamps(tiny_model, tokenizer):
+    backend = load_backend("hf-eager", tiny_model)
+    prompts = make_prompts(tokenizer, 9, 2)
+    m = measure(backend, prompts, gen_len=7, sampling=Sampling(), warmup=2, repeats=3)
+    assert len(m.runs) == 3 and m.warmup_runs == 2  # warm-up runs are not in the statistics
+    for g in m.generations:
+        assert g.tokens.shape == (2, 7)
+        assert len(g.token_ns) == 7
+        assert g.start_ns < g.token_ns[0] and list(g.token_ns) == sorted(g.token_ns)
+    assert m.tokens_per_run == 14
+    assert m.tokens_consistent  # greedy: every repetition gives the same ids
+    for r in m.runs:
+        assert 0 < r.ttft_ms <= r.e2e_ms and r.tpot_ms > 0 and len(r.itl_ms) == 6
+    assert m.peak_rss_mb > 0
+
+
+@pytest.fixture(scope="module")
+def eos_model(tmp_path_factory):
+    """A tiny model rigged so that EOS is every step's argmax: generation must not stop on it."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder = build_random_model(tmp_path_factory.mktemp("eos") / "m", seed=1, **TINY)
+    weights = folder / "model.safetensors"
+    state = load_file(weights)
+    direction = torch.randn(TINY["n_embd"], generator=torch.Generator().manual_seed(0))
+    state["transformer.ln_f.weight"] = torch.zeros(TINY["n_embd"])  # final hidden state = ln_f bias
+    state["transformer.ln_f.bias"] = direction
+    wte = state["transformer.wte.weight"].clone()
+    wte[EOS] = 10 * direction
+    state["transformer.wte.weight"] = wte
+    save_file(state, weights, metadata={"format": "pt"})
+    return resolve_model(str(folder))
+
+
+def test_eos_does_not_stop_generation(eos_model, tokenizer):
+    backend = load_backend("hf-eager", eos_model)
+    g = timed_generation(backend, make_prompts(tokenizer, 5, 1).input_ids, 12, Sampling())
+    assert g.tokens.shape == (1, 12)
+    assert (g.tokens == EOS).all()
+
+
+class _ShortBackend(Backend):
+    """Breaks the contract on purpose: one step fewer than asked."""
+
+    def load(self, model, settings):
+        return {}
+
+    def generate(self, input_ids, max_new_tokens, sampling) -> Iterator[np.ndarray]:
+        for _ in range(max_new_tokens - 1):
+            yield np.zeros(input_ids.shape[0], dtype=np.int64)
+
+    def logits(self, input_ids):
+        raise NotImplementedError
+
+
+def test_harness_rejects_a_backend_that_stops_early():
+    _ShortBackend.name = "short"
+    with pytest.raises(BenchError, match="produced 4 generation steps, expected exactly 5"):
+        timed_generation(_ShortBackend(), np.zeros((1, 3), dtype=np.int64), 5, Sampling())
