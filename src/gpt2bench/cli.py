@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -59,14 +60,19 @@ def run(
     option: Annotated[
         list[str] | None, typer.Option("--option", "-o", help="Backend option key=value (repeatable).")
     ] = None,
+    rebuild: Annotated[bool, typer.Option(help="Rebuild cached artifacts (ONNX export...) first.")] = False,
     output: Annotated[Path, typer.Option(help="Results folder; each run writes <output>/<run-id>/.")] = Path("results"),
 ) -> None:
     """Measure one backend on one (prompt length, generation length, batch size) cell."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from gpt2bench.backends import get_backend
     from gpt2bench.specs import RunSpec, Sampling, default_threads
 
+    options = _parse_options(option or [])
+    if rebuild and "rebuild" in get_backend(backend).options:
+        options["rebuild"] = True
     spec = RunSpec(
         backend=backend,
         prompt_len=prompt_len,
@@ -79,7 +85,7 @@ def run(
         device=device,
         dtype=dtype,
         sampling=Sampling(temperature, top_k, top_p, seed),
-        options=_parse_options(option or []),
+        options=options,
     )
     spec.validate()
 
@@ -134,6 +140,12 @@ def list_backends() -> None:
 
 def main() -> None:
     """Entry point: our errors become one line on stderr and an exit code, never a traceback."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logger = logging.getLogger("gpt2bench")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
     try:
         app()
     except BenchError as exc:

@@ -33,6 +33,7 @@ class Generation:
 
 @dataclass
 class LoadResult:
+    prepare_s: float  # one-off export/optimize/quantize (zero-ish when cached)
     load_s: float
     phases: dict[str, float]  # backend-reported sub-phases (export_s, compile_s, ...)
     rss_after_load_mb: float | None
@@ -70,9 +71,11 @@ def timed_load(
     backend: Backend, model: ModelRef, settings: BackendSettings, clock: Clock = time.perf_counter_ns
 ) -> LoadResult:
     t0 = clock()
-    phases = backend.load(model, settings) or {}
+    phases = dict(backend.prepare(model, settings))
+    t1 = clock()
+    phases.update(backend.load(model, settings) or {})
     backend.synchronize()
-    return LoadResult((clock() - t0) / 1e9, phases, rss_mb())
+    return LoadResult((t1 - t0) / 1e9, (clock() - t1) / 1e9, phases, rss_mb())
 
 
 def timed_generation(

@@ -42,6 +42,7 @@ IDENTITY_COLUMNS = [
     "options",
 ]
 MEASURE_COLUMNS = [
+    "prepare_s",
     "load_s",
     "tokenize_ms",
     "tokens_per_run",

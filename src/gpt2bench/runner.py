@@ -83,6 +83,7 @@ def run_cell(
         "repeats": spec.repeats,
         "sampling": spec.sampling.label(),
         "options": json.dumps(spec.options, sort_keys=True),
+        "prepare_s": load.prepare_s,
         "load_s": load.load_s,
         "tokenize_ms": prompts.tokenize_s * 1e3,
         "tokens_per_run": m.tokens_per_run,
@@ -97,7 +98,7 @@ def run_cell(
         "timestamp_utc": env["timestamp_utc"],
         "git_commit": env["git"]["commit"],
         "gpt2bench_version": env["gpt2bench_version"],
-        **{f"load_{k}": v for k, v in load.phases.items()},
+        **load.phases,
         **m.device_memory,
     }
     first = m.generations[0].tokens[0]

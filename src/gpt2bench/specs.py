@@ -90,6 +90,11 @@ class RunSpec:
                 f"backend '{self.backend}' does not support dtype '{self.dtype}' "
                 f"(it supports: {', '.join(info.dtypes)})"
             )
+        unknown = sorted(set(self.options) - set(info.options))
+        if unknown:
+            valid = ", ".join(info.options) or "none"
+            raise UsageError(f"backend '{self.backend}' has no option '{unknown[0]}' (valid: {valid})")
+        info.cls.check_options(self.options)
         self.sampling.validate()
 
     def as_record(self) -> dict[str, Any]:

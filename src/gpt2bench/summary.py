@@ -10,6 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from gpt2bench.metrics import PER_RUN_METRICS
+from gpt2bench.results import COLUMNS
 
 LABELS = {
     "ttft_ms": "TTFT ms",
@@ -71,13 +72,13 @@ def print_summary(
     console.print(table)
     noise = row.get("other_cpu_frac")
     facts = [
-        f"load {_fmt(row['load_s'])} s",
+        f"prepare {_fmt(row.get('prepare_s'))} s, load {_fmt(row['load_s'])} s",
         f"tokenization {_fmt(row['tokenize_ms'])} ms (not in any timed figure)",
         f"RSS after load {_fmt(row.get('rss_after_load_mb'), 0)} MB, peak {_fmt(row.get('peak_rss_mb'), 0)} MB "
         f"({row.get('peak_rss_scope')})",
         f"other processes used {_fmt(row.get('other_cpu_s'))} CPU-s ({_fmt((noise or 0) * 100, 1)}% of the machine)",
     ]
-    extra = {k: v for k, v in row.items() if (k.startswith("load_") and k != "load_s") or k.startswith("cuda_")}
+    extra = {k: v for k, v in row.items() if k not in COLUMNS}  # backend phases, device memory
     facts += [f"{k} {_fmt(v)}" for k, v in extra.items()]
     if details:
         facts.append("backend: " + ", ".join(f"{k}={v}" for k, v in details.items()))

@@ -35,10 +35,19 @@ class Backend(ABC):
 
     name: ClassVar[str]
 
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Raise UsageError for a bad option value, before anything is loaded."""
+
+    def prepare(self, model: ModelRef, settings: BackendSettings) -> dict[str, float]:
+        """One-off work a deployment does ahead of time (export, optimize, quantize), cached where
+        possible. Timed apart from `load`; returns its phases (export_s, ...) in seconds."""
+        return {}
+
     @abstractmethod
     def load(self, model: ModelRef, settings: BackendSettings) -> dict[str, float]:
-        """Load weights and get ready to generate. The harness times the whole call as load time;
-        return sub-phases worth reporting on their own (export_s, compile_s...), in seconds."""
+        """Load weights and get ready to generate; the harness times the call as load time.
+        Return sub-phases worth reporting on their own (compile_s...), in seconds."""
 
     @abstractmethod
     def generate(self, input_ids: np.ndarray, max_new_tokens: int, sampling: Sampling) -> Iterator[np.ndarray]:
@@ -70,11 +79,12 @@ class Backend(ABC):
 @dataclass(frozen=True)
 class BackendInfo:
     name: str
-    factory: Callable[[], Backend]
+    cls: type[Backend]
     description: str
     requires: tuple[tuple[str, str], ...] = ()  # (importable module, extra that installs it)
     devices: tuple[str, ...] = ("cpu",)
     dtypes: tuple[str, ...] = ("fp32",)
+    options: tuple[str, ...] = ()  # the --option keys this backend understands
 
     def missing(self) -> tuple[str, str] | None:
         """The first (module, extra) that is not installed, without importing anything."""
@@ -91,7 +101,7 @@ class BackendInfo:
         gap = self.missing()
         if gap:
             raise MissingExtraError(f"backend '{self.name}'", *gap)
-        return self.factory()
+        return self.cls()
 
 
 REGISTRY: dict[str, BackendInfo] = {}
@@ -104,12 +114,13 @@ def register(
     requires: tuple[tuple[str, str], ...] = (),
     devices: tuple[str, ...] = ("cpu",),
     dtypes: tuple[str, ...] = ("fp32",),
+    options: tuple[str, ...] = (),
 ) -> Callable[[type[Backend]], type[Backend]]:
     def decorate(cls: type[Backend]) -> type[Backend]:
         if name in REGISTRY:
             raise ValueError(f"backend '{name}' registered twice")
         cls.name = name
-        REGISTRY[name] = BackendInfo(name, cls, description, requires, devices, dtypes)
+        REGISTRY[name] = BackendInfo(name, cls, description, requires, devices, dtypes, options)
         return cls
 
     return decorate

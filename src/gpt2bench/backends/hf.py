@@ -37,10 +37,10 @@ class HFEager(Backend):
             raise UsageError("fp16 is for --device cuda; on the CPU use fp32 or bf16")
         self.device = torch_device(settings.device, settings.threads)
         net = GPT2LMHeadModel.from_pretrained(model.path, dtype=torch_dtype(settings.dtype))
-        self.model = self.prepare(net.eval().to(self.device))
+        self.model = self.transform(net.eval().to(self.device))
         return {}
 
-    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+    def transform(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
 
     def generate(self, input_ids: np.ndarray, max_new_tokens: int, sampling: Sampling) -> Iterator[np.ndarray]:
@@ -136,7 +136,7 @@ class _DynamicQuant(HFEager):
 
     quant_dtype: str
 
-    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+    def transform(self, model: torch.nn.Module) -> torch.nn.Module:
         import torch
         from torch.ao.quantization import quantize_dynamic
 

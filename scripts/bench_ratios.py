@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Run several backends on one cell, each in its own fresh `gpt2bench run` process, and print
+their speed as ratios to a reference backend measured in the same session.
+
+Ratios from one session are what this machine can compare honestly; absolute milliseconds drift
+with load and thermal state. Example (the ONNX issue's targets):
+
+    python scripts/bench_ratios.py --backends hf-eager onnx onnx-opt onnx-int8 \\
+        --expect onnx-int8:e2e:4 --expect onnx:e2e:1
+
+`--expect BACKEND:METRIC:SPEEDUP` checks reference/backend >= SPEEDUP for e2e, tpot or ttft;
+the exit code is 1 when an expectation fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+METRICS = {"e2e": "e2e_ms_median", "tpot": "tpot_ms_median", "ttft": "ttft_ms_median"}
+
+
+def run_backend(backend: str, args: argparse.Namespace, out: Path) -> dict:
+    cmd = [
+        sys.executable,
+        "-m",
+        "gpt2bench",
+        "run",
+        "--backend",
+        backend,
+        "--model",
+        args.model,
+        "--prompt-len",
+        str(args.prompt_len),
+        "--gen-len",
+        str(args.gen_len),
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+        "--output",
+        str(out / backend),
+    ]
+    for opt in args.option.get(backend, []):
+        cmd += ["--option", opt]
+    print(f"$ {' '.join(cmd[2:])}", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{backend} failed: {proc.stderr.strip()}")
+    (run_dir,) = (out / backend).iterdir()
+    return json.loads((run_dir / "results.json").read_text())["rows"][0]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", nargs="+", required=True, help="the first one is the reference")
+    parser.add_argument("--model", default="random")
+    parser.add_argument("--prompt-len", type=int, default=50)
+    parser.add_argument("--gen-len", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--backend-option", action="append", default=[], metavar="BACKEND:KEY=VALUE")
+    parser.add_argument("--expect", action="append", default=[], metavar="BACKEND:METRIC:SPEEDUP")
+    args = parser.parse_args()
+    args.option = {}
+    for item in args.backend_option:
+        name, _, opt = item.partition(":")
+        args.option.setdefault(name, []).append(opt)
+
+    with tempfile.TemporaryDirectory(prefix="gpt2bench-ratios-") as tmp:
+        rows = {b: run_backend(b, args, Path(tmp)) for b in args.backends}
+    ref_name = args.backends[0]
+    ref = rows[ref_name]
+    print(
+        f"\nmodel={ref['model']} ({ref['weights']}) prompt={args.prompt_len} gen={args.gen_len} "
+        f"threads={ref['threads']}; speedup = {ref_name} time / backend time (medians)\n"
+    )
+    print(f"{'backend':<16}{'TTFT ms':>10}{'TPOT ms':>10}{'e2e ms':>10}{'e2e x':>8}{'TPOT x':>8}{'noise':>8}")
+    for name, row in rows.items():
+        print(
+            f"{name:<16}{row['ttft_ms_median']:>10.1f}{row['tpot_ms_median']:>10.2f}{row['e2e_ms_median']:>10.0f}"
+            f"{ref['e2e_ms_median'] / row['e2e_ms_median']:>8.2f}{ref['tpot_ms_median'] / row['tpot_ms_median']:>8.2f}"
+            f"{row['other_cpu_frac']:>8.1%}"
+        )
+    failed = 0
+    for item in args.expect:
+        name, metric, target = item.split(":")
+        speedup = ref[METRICS[metric]] / rows[name][METRICS[metric]]
+        ok = speedup >= float(target)
+        failed += not ok
+        print(f"expect {name} {metric} >= {target}x {ref_name}: {speedup:.2f}x {'PASS' if ok else 'FAIL'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
