@@ -8,8 +8,10 @@ with load and thermal state. Example (the ONNX issue's targets):
     python scripts/bench_ratios.py --backends hf-eager onnx onnx-opt onnx-int8 \\
         --expect onnx-int8:e2e:4 --expect onnx:e2e:1
 
-`--expect BACKEND:METRIC:SPEEDUP` checks reference/backend >= SPEEDUP for e2e, tpot or ttft;
-the exit code is 1 when an expectation fails.
+A backend may carry a dtype, e.g. `static-kv@bf16`. `--expect BACKEND:METRIC:SPEEDUP` checks
+reference/backend >= SPEEDUP for e2e, tpot or ttft; `--within-bound BACKEND:FACTOR` checks that
+its TPOT is within FACTOR x its memory-bandwidth bound (weight bytes read per decoded token /
+this machine's measured read bandwidth). The exit code is 1 when a check fails.
 """
 
 from __future__ import annotations
@@ -24,34 +26,18 @@ from pathlib import Path
 METRICS = {"e2e": "e2e_ms_median", "tpot": "tpot_ms_median", "ttft": "ttft_ms_median"}
 
 
-def run_backend(backend: str, args: argparse.Namespace, out: Path) -> dict:
-    cmd = [
-        sys.executable,
-        "-m",
-        "gpt2bench",
-        "run",
-        "--backend",
-        backend,
-        "--model",
-        args.model,
-        "--prompt-len",
-        str(args.prompt_len),
-        "--gen-len",
-        str(args.gen_len),
-        "--repeats",
-        str(args.repeats),
-        "--warmup",
-        str(args.warmup),
-        "--output",
-        str(out / backend),
-    ]
-    for opt in args.option.get(backend, []):
+def run_backend(label: str, args: argparse.Namespace, out: Path) -> dict:
+    backend, _, dtype = label.partition("@")
+    cmd = [sys.executable, "-m", "gpt2bench", "run", "--backend", backend, "--dtype", dtype or "fp32"]
+    cmd += ["--model", args.model, "--prompt-len", str(args.prompt_len), "--gen-len", str(args.gen_len)]
+    cmd += ["--repeats", str(args.repeats), "--warmup", str(args.warmup), "--output", str(out / label)]
+    for opt in args.option.get(label, []):
         cmd += ["--option", opt]
     print(f"$ {' '.join(cmd[2:])}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        sys.exit(f"{backend} failed: {proc.stderr.strip()}")
-    (run_dir,) = (out / backend).iterdir()
+        sys.exit(f"{label} failed: {proc.stderr.strip()}")
+    (run_dir,) = (out / label).iterdir()
     return json.loads((run_dir / "results.json").read_text())["rows"][0]
 
 
@@ -65,6 +51,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--backend-option", action="append", default=[], metavar="BACKEND:KEY=VALUE")
     parser.add_argument("--expect", action="append", default=[], metavar="BACKEND:METRIC:SPEEDUP")
+    parser.add_argument("--within-bound", action="append", default=[], metavar="BACKEND:FACTOR")
     args = parser.parse_args()
     args.option = {}
     for item in args.backend_option:
@@ -73,19 +60,39 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="gpt2bench-ratios-") as tmp:
         rows = {b: run_backend(b, args, Path(tmp)) for b in args.backends}
+    from gpt2bench.models import resolve_model
+    from gpt2bench.roofline import BYTES_PER_PARAM, decode_weight_bytes, read_bandwidth
+
+    threads = rows[args.backends[0]]["threads"]
+    bandwidth = read_bandwidth(threads)
+    config = resolve_model(args.model).config()
+    bound_ms = {
+        b: decode_weight_bytes(config, BYTES_PER_PARAM[rows[b]["dtype"]]) / (bandwidth * 1e9) * 1e3 for b in rows
+    }
     ref_name = args.backends[0]
     ref = rows[ref_name]
     print(
         f"\nmodel={ref['model']} ({ref['weights']}) prompt={args.prompt_len} gen={args.gen_len} "
         f"threads={ref['threads']}; speedup = {ref_name} time / backend time (medians)\n"
     )
-    print(f"{'backend':<16}{'TTFT ms':>10}{'TPOT ms':>10}{'e2e ms':>10}{'e2e x':>8}{'TPOT x':>8}{'noise':>8}")
+    print(
+        f"read bandwidth {bandwidth:.1f} GB/s ({threads} threads); bound = weight bytes read per decoded token "
+        "/ bandwidth, weights counted at the row's dtype (a quantized backend reads fewer bytes)\n"
+    )
+    header = ("backend", "TTFT ms", "TPOT ms", "e2e ms", "e2e x", "TPOT x", "bound ms", "TPOT/bnd", "setup s")
+    print(f"{header[0]:<18}" + "".join(f"{h:>10}" for h in header[1:]) + f"{'noise':>8}")
     for name, row in rows.items():
-        print(
-            f"{name:<16}{row['ttft_ms_median']:>10.1f}{row['tpot_ms_median']:>10.2f}{row['e2e_ms_median']:>10.0f}"
-            f"{ref['e2e_ms_median'] / row['e2e_ms_median']:>8.2f}{ref['tpot_ms_median'] / row['tpot_ms_median']:>8.2f}"
-            f"{row['other_cpu_frac']:>8.1%}"
-        )
+        cells = [
+            row["ttft_ms_median"],
+            row["tpot_ms_median"],
+            row["e2e_ms_median"],
+            ref["e2e_ms_median"] / row["e2e_ms_median"],
+            ref["tpot_ms_median"] / row["tpot_ms_median"],
+            bound_ms[name],
+            row["tpot_ms_median"] / bound_ms[name],
+            row["setup_s"],
+        ]
+        print(f"{name:<18}" + "".join(f"{c:>10.2f}" for c in cells) + f"{row['other_cpu_frac']:>8.1%}")
     failed = 0
     for item in args.expect:
         name, metric, target = item.split(":")
@@ -93,6 +100,12 @@ def main() -> int:
         ok = speedup >= float(target)
         failed += not ok
         print(f"expect {name} {metric} >= {target}x {ref_name}: {speedup:.2f}x {'PASS' if ok else 'FAIL'}")
+    for item in args.within_bound:
+        name, factor = item.split(":")
+        ratio = rows[name]["tpot_ms_median"] / bound_ms[name]
+        ok = ratio <= float(factor)
+        failed += not ok
+        print(f"expect {name} TPOT <= {factor}x its bandwidth bound: {ratio:.2f}x {'PASS' if ok else 'FAIL'}")
     return 1 if failed else 0
 
 

@@ -130,3 +130,14 @@ def test_fp32_onnx_matches_hf_eager_on_random_124m(name, tokenizer):
     backend = load_backend(name, model)
     np.testing.assert_array_equal(greedy(backend, ids, 20), greedy(eager, ids, 20))
     assert np.abs(backend.logits(ids) - eager.logits(ids)).max() < 1e-4
+
+
+@pytest.mark.cuda
+def test_onnx_cuda_io_binding_matches_hf_eager(tiny_model, prompts, reference):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime has no CUDA provider here")
+    backend = load_backend("onnx", tiny_model, device="cuda")
+    np.testing.assert_array_equal(greedy(backend, prompts, 30), reference[0])
+    assert np.abs(backend.logits(prompts) - reference[1]).max() < 1e-3

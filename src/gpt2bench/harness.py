@@ -47,6 +47,8 @@ class Measurement:
     contention: CpuContention
     peak_rss_mb: float
     peak_rss_scope: str  # "measurement" when the peak was reset before it, else "process"
+    setup_s: float  # per-cell preparation before warm-up (static cache, compilation)
+    setup_phases: dict[str, float]
     device_memory: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -111,7 +113,11 @@ def measure(
     repeats: int,
     on_step: Callable[[str, int, int], None] | None = None,
 ) -> Measurement:
-    """Warm up (results discarded), then time `repeats` generations of the same prompts."""
+    """Set up for the cell's shapes, warm up (results discarded), then time `repeats` generations."""
+    t0 = time.perf_counter_ns()
+    setup_phases = dict(backend.setup(prompts.batch_size, prompts.prompt_len, gen_len, sampling) or {})
+    backend.synchronize()
+    setup_s = (time.perf_counter_ns() - t0) / 1e9
     for i in range(warmup):
         timed_generation(backend, prompts.input_ids, gen_len, sampling)
         if on_step:
@@ -126,4 +132,6 @@ def measure(
             on_step("measure", i + 1, repeats)
     contention = monitor.stop()
     runs = [run_metrics(g.start_ns, g.token_ns, prompts.batch_size, prompts.prompt_len) for g in generations]
-    return Measurement(generations, runs, warmup, contention, peak_rss_mb(), scope, backend.memory_stats())
+    return Measurement(
+        generations, runs, warmup, contention, peak_rss_mb(), scope, setup_s, setup_phases, backend.memory_stats()
+    )

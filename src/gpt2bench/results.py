@@ -44,6 +44,7 @@ IDENTITY_COLUMNS = [
 MEASURE_COLUMNS = [
     "prepare_s",
     "load_s",
+    "setup_s",
     "tokenize_ms",
     "tokens_per_run",
     "tokens_consistent",

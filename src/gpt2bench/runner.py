@@ -85,6 +85,7 @@ def run_cell(
         "options": json.dumps(spec.options, sort_keys=True),
         "prepare_s": load.prepare_s,
         "load_s": load.load_s,
+        "setup_s": m.setup_s,
         "tokenize_ms": prompts.tokenize_s * 1e3,
         "tokens_per_run": m.tokens_per_run,
         "tokens_consistent": m.tokens_consistent,
@@ -99,6 +100,7 @@ def run_cell(
         "git_commit": env["git"]["commit"],
         "gpt2bench_version": env["gpt2bench_version"],
         **load.phases,
+        **m.setup_phases,
         **m.device_memory,
     }
     first = m.generations[0].tokens[0]

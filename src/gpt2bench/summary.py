@@ -72,7 +72,7 @@ def print_summary(
     console.print(table)
     noise = row.get("other_cpu_frac")
     facts = [
-        f"prepare {_fmt(row.get('prepare_s'))} s, load {_fmt(row['load_s'])} s",
+        f"prepare {_fmt(row.get('prepare_s'))} s, load {_fmt(row['load_s'])} s, setup {_fmt(row.get('setup_s'))} s",
         f"tokenization {_fmt(row['tokenize_ms'])} ms (not in any timed figure)",
         f"RSS after load {_fmt(row.get('rss_after_load_mb'), 0)} MB, peak {_fmt(row.get('peak_rss_mb'), 0)} MB "
         f"({row.get('peak_rss_scope')})",

@@ -49,6 +49,11 @@ class Backend(ABC):
         """Load weights and get ready to generate; the harness times the call as load time.
         Return sub-phases worth reporting on their own (compile_s...), in seconds."""
 
+    def setup(self, batch_size: int, prompt_len: int, max_new_tokens: int, sampling: Sampling) -> dict[str, float]:
+        """Get ready for one cell's shapes before warm-up (allocate a static cache, compile).
+        The harness times it as setup_s, so compile time never hides in TTFT."""
+        return {}
+
     @abstractmethod
     def generate(self, input_ids: np.ndarray, max_new_tokens: int, sampling: Sampling) -> Iterator[np.ndarray]:
         """Yield exactly `max_new_tokens` steps, each the [batch] int64 ids of that step, on the

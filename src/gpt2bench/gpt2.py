@@ -1,0 +1,149 @@
+"""GPT-2 in one readable file, with a static KV cache (after nanoGPT and gpt-fast).
+
+The cache is allocated once as [batch, heads, max_len, head_dim] and written in place at the
+current positions, so decoding has fixed shapes: torch.compile builds one graph and reuses it for
+every token, and CUDA graphs can capture it. Attention masks by position, which also hides
+whatever an earlier generation left in the cache beyond the current position.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# transformers' Conv1D stores these as [in, out]; nn.Linear wants [out, in].
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+@dataclass(frozen=True)
+class Config:
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    layer_norm_epsilon: float = 1e-5
+
+    @classmethod
+    def from_hf(cls, folder: Path) -> Config:
+        raw = json.loads((Path(folder) / "config.json").read_text())
+        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+class KVCache(nn.Module):
+    def __init__(
+        self, batch: int, n_head: int, max_len: int, head_dim: int, dtype: torch.dtype, device: torch.device
+    ) -> None:
+        super().__init__()
+        shape = (batch, n_head, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k.index_copy_(2, pos, k)
+        self.v.index_copy_(2, pos, v)
+        return self.k, self.v
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch, seq, width = x.shape
+        q, k, v = self.c_attn(x).split(width, dim=2)
+        q, k, v = (t.view(batch, seq, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        assert self.kv_cache is not None, "call GPT2.setup_caches first"
+        k, v = self.kv_cache.update(pos, k, v)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.c_proj(y.transpose(1, 2).reshape(batch, seq, width))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's "gelu_new"
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.attn = Attention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), pos, mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2(nn.Module):
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.n_positions, cfg.n_embd)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.max_len = 0
+
+    def setup_caches(self, batch: int, max_len: int) -> None:
+        """Allocate the KV cache once; generation never grows it."""
+        if max_len > self.cfg.n_positions:
+            raise ValueError(f"max_len {max_len} exceeds the model's {self.cfg.n_positions} positions")
+        dtype, device = self.wte.weight.dtype, self.wte.weight.device
+        for block in self.h:
+            block.attn.kv_cache = KVCache(batch, self.cfg.n_head, max_len, self.cfg.head_dim, dtype, device)
+        causal = torch.tril(torch.ones(max_len, max_len, dtype=torch.bool, device=device))
+        self.register_buffer("causal_mask", causal, persistent=False)
+        self.max_len = max_len
+
+    def forward(self, idx: torch.Tensor, pos: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """idx [batch, seq] at positions pos [seq] -> logits [batch, seq or 1, vocab]."""
+        mask = self.causal_mask[None, None, pos]  # [1, 1, seq, max_len]: key j visible iff j <= pos
+        x = self.wte(idx) + self.wpe(pos)
+        for block in self.h:
+            x = block(x, pos, mask)
+        x = self.ln_f(x[:, -1:] if last_only else x)
+        return F.linear(x, self.wte.weight)  # lm_head tied to the token embedding
+
+    @classmethod
+    def from_hf(cls, folder: Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> GPT2:
+        """Load a Hugging Face GPT-2 folder (safetensors), transposing Conv1D weights once here."""
+        from safetensors.torch import load_file
+
+        files = sorted(Path(folder).glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"no *.safetensors in {folder}")
+        state: dict[str, torch.Tensor] = {}
+        for file in files:
+            state.update(load_file(file))
+        cfg = Config.from_hf(folder)
+        mapped = {}
+        for name, tensor in state.items():
+            name = name.removeprefix("transformer.")
+            if name == "lm_head.weight" or name.endswith(".attn.bias") or name.endswith(".attn.masked_bias"):
+                continue  # tied to wte / HF's causal-mask buffers
+            mapped[name] = tensor.t().contiguous() if name.endswith(CONV1D_WEIGHTS) else tensor
+        with torch.device("meta"):
+            model = cls(cfg)
+        model.load_state_dict(mapped, assign=True, strict=True)
+        return model.to(device=device, dtype=dtype).eval().requires_grad_(False)

@@ -1,0 +1,126 @@
+"""static-kv (our GPT-2 with a static KV cache) against hf-eager: eager, compiled, long, batched."""
+
+import numpy as np
+import pytest
+
+from conftest import greedy, load_backend
+from gpt2bench.prompts import make_prompts
+from gpt2bench.specs import Sampling
+
+# Tests compile in inductor's "default" mode: the same graphs, minutes less autotuning. The
+# production default (max-autotune-no-cudagraphs) gets one test of its own below.
+FAST_COMPILE = {"compile_mode": "default"}
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer):
+    return make_prompts(tokenizer, 16, 2).input_ids
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model, prompts):
+    eager = load_backend("hf-eager", tiny_model)
+    return greedy(eager, prompts, 30), eager.logits(prompts)
+
+
+@pytest.fixture(scope="module")
+def compiled(tiny_model):
+    return load_backend("static-kv", tiny_model, options=FAST_COMPILE)
+
+
+@pytest.fixture(scope="module")
+def eager(tiny_model):
+    return load_backend("static-kv-eager", tiny_model)
+
+
+@pytest.mark.parametrize("variant", ["eager", "compiled"])
+def test_matches_hf_eager(request, variant, prompts, reference):
+    backend = request.getfixturevalue(variant)
+    tokens, logits = reference
+    np.testing.assert_array_equal(greedy(backend, prompts, 30), tokens)
+    assert np.abs(backend.logits(prompts) - logits).max() < 1e-4
+
+
+def test_cache_is_allocated_once_and_written_in_place(compiled, prompts):
+    compiled.setup(2, 16, 30, Sampling())
+    caches = compiled.cache_tensors()
+    before = [(t.data_ptr(), tuple(t.shape)) for t in caches]
+    assert before[0][1] == (2, 2, 64, 32)  # [batch, heads, 16 + 30 rounded up to 64, head_dim]
+    steps = compiled.generate(prompts, 30, Sampling())
+    for i, _ in enumerate(steps):
+        if i == 10:  # mid-decode: same storage, nothing grew
+            assert [(t.data_ptr(), tuple(t.shape)) for t in compiled.cache_tensors()] == before
+    after = compiled.cache_tensors()
+    assert [(t.data_ptr(), tuple(t.shape)) for t in after] == before
+    assert all(a is b for a, b in zip(caches, after, strict=True))
+    # Positions 0..44 hold keys (prompt 16 + 29 fed-back tokens); the rest was never written.
+    assert after[0][:, :, :45].abs().sum() > 0 and after[0][:, :, 45:].abs().sum() == 0
+
+
+def test_full_context_prompt_plus_generation_of_1024(eager, tiny_model, tokenizer):
+    ids = make_prompts(tokenizer, 1000, 1).input_ids
+    hf = load_backend("hf-eager", tiny_model)
+    np.testing.assert_array_equal(greedy(eager, ids, 24), greedy(hf, ids, 24))
+    assert eager.describe()["cache_shape"][2] == 1024
+
+
+def test_batch_change_reallocates_between_cells(compiled, tokenizer):
+    one = make_prompts(tokenizer, 8, 1).input_ids
+    three = make_prompts(tokenizer, 8, 3).input_ids
+    assert greedy(compiled, one, 5).shape == (1, 5)
+    out = greedy(compiled, three, 5)
+    assert out.shape == (3, 5) and compiled.describe()["cache_shape"][0] == 3
+    np.testing.assert_array_equal(out[:1], greedy(compiled, one, 5))
+
+
+def test_sampling_without_host_sync_is_seeded_and_top_k_1_is_greedy(compiled, prompts, reference):
+    def sample(**kw):
+        return np.stack(list(compiled.generate(prompts, 30, Sampling(**kw))), axis=1)
+
+    a = sample(temperature=1.0, seed=7)
+    np.testing.assert_array_equal(a, sample(temperature=1.0, seed=7))
+    assert not np.array_equal(a, sample(temperature=1.0, seed=8))
+    np.testing.assert_array_equal(sample(temperature=0.9, top_k=1, seed=1), reference[0])
+
+
+def test_bf16_runs_and_reports_agreement(tiny_model, prompts, reference):
+    bf16 = load_backend("static-kv-eager", tiny_model, dtype="bf16")
+    tokens = greedy(bf16, prompts, 30)
+    assert tokens.shape == reference[0].shape
+    print(f"static-kv bf16 greedy agreement with hf-eager fp32: {(tokens == reference[0]).mean():.2%}")
+
+
+@pytest.mark.slow
+def test_production_compile_mode_matches_hf_eager(tiny_model, tokenizer):
+    ids = make_prompts(tokenizer, 12, 1).input_ids
+    backend = load_backend("static-kv", tiny_model)  # max-autotune-no-cudagraphs + freezing
+    assert backend.describe()["compile_mode"] == "max-autotune-no-cudagraphs"
+    hf = load_backend("hf-eager", tiny_model)
+    np.testing.assert_array_equal(greedy(backend, ids, 12), greedy(hf, ids, 12))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "options"), [("static-kv-eager", {}), ("static-kv", FAST_COMPILE)])
+def test_random_124m_matches_hf_eager(name, options, tokenizer):
+    from gpt2bench.models import resolve_model
+
+    model = resolve_model("random")
+    ids = make_prompts(tokenizer, 24, 1).input_ids
+    hf = load_backend("hf-eager", model)
+    backend = load_backend(name, model, options=options)
+    np.testing.assert_array_equal(greedy(backend, ids, 20), greedy(hf, ids, 20))
+    assert np.abs(backend.logits(ids) - hf.logits(ids)).max() < 1e-4
+
+
+@pytest.mark.cuda
+def test_cuda_graphs_match_hf_eager(tiny_model, prompts, reference):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    backend = load_backend("static-kv", tiny_model, device="cuda")  # reduce-overhead: CUDA graphs
+    assert backend.describe()["cuda_graphs"] is True
+    backend.setup(2, 16, 30, Sampling())
+    before = [t.data_ptr() for t in backend.cache_tensors()]
+    np.testing.assert_array_equal(greedy(backend, prompts, 30), reference[0])
+    assert [t.data_ptr() for t in backend.cache_tensors()] == before
+    assert np.abs(backend.logits(prompts) - reference[1]).max() < 1e-3
