@@ -38,6 +38,16 @@ def tiny_model(tiny_model_dir: Path):
 
 
 @pytest.fixture(scope="session")
+def trained_model():
+    """A narrow GPT-2 trained for ~30 s on the bundled text: confident predictions, unlike random."""
+    from gpt2bench.models import resolve_model
+    from gpt2bench.tiny import TinyRecipe, tiny_model_dir
+
+    folder = tiny_model_dir(TinyRecipe(steps=80, batch_size=1), log=lambda _msg: None)
+    return resolve_model(str(folder))
+
+
+@pytest.fixture(scope="session")
 def tokenizer():
     from gpt2bench.models import load_tokenizer
 

@@ -47,6 +47,9 @@ def test_help_and_backends_do_not_import_torch():
         (["--backend", "hf-eager", "--device", "tpu"], ["unknown device 'tpu'"]),
         (["--backend", "hf-eager", "--option", "novalue"], ["key=value"]),
         (["--backend", "onnx", "--option", "colour=blue"], ["has no option 'colour'", "rebuild"]),
+        (["--backend", "hf-eager", "--quality", "--eval-text", "/no/such.txt"], ["eval text '/no/such.txt'"]),
+        (["--backend", "hf-eager", "--quality", "--ppl-window", "2000"], ["perplexity window must be in [2, 1024]"]),
+        (["--backend", "hf-eager", "--quality", "--ppl-stride", "0"], ["stride must be in [1, window]"]),
         (["--backend", "onnx-int8", "--option", "weight_type=int4"], ["weight_type must be QInt8 or QUInt8"]),
     ],
 )
@@ -189,3 +192,43 @@ def test_onnx_run_reports_prepare_apart_from_load(tmp_path, tiny_model_dir):
     assert row["prepare_s"] >= row["export_s"] + row["optimize_s"] and row["load_s"] < row["prepare_s"]
     assert json.loads(row["options"]) == {"rebuild": True}
     assert row["tokens_per_run"] == 4
+
+
+def test_quality_columns_from_the_cli(tmp_path, trained_model):
+    text = tmp_path / "eval.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 200)
+    proc = run_cli(
+        "run",
+        "--backend",
+        "hf-int8-dynq",
+        "--model",
+        str(trained_model.path),
+        "--prompt-len",
+        "8",
+        "--gen-len",
+        "4",
+        "--repeats",
+        "2",
+        "--warmup",
+        "0",
+        "--quality",
+        "--eval-text",
+        str(text),
+        "--ppl-window",
+        "128",
+        "--ppl-stride",
+        "64",
+        "--ppl-max-windows",
+        "3",
+        "--output",
+        str(tmp_path / "out"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "quality: perplexity" in proc.stdout
+    (run_dir,) = (tmp_path / "out").iterdir()
+    (row,) = json.loads((run_dir / "results.json").read_text())["rows"]
+    assert row["weights"] == "trained-tiny"
+    assert (row["ppl_window"], row["ppl_stride"], row["ppl_windows"]) == (128, 64, 3)
+    assert row["ppl_tokens"] == 127 + 64 + 64
+    assert 1 < row["ppl"] < 50257 and row["bits_per_byte"] > 0 and 0 <= row["agree_greedy"] <= 1
+    assert row["quality_s"] > 0

@@ -61,6 +61,11 @@ def run(
         list[str] | None, typer.Option("--option", "-o", help="Backend option key=value (repeatable).")
     ] = None,
     rebuild: Annotated[bool, typer.Option(help="Rebuild cached artifacts (ONNX export...) first.")] = False,
+    quality: Annotated[bool, typer.Option(help="Also measure perplexity and agreement with hf-eager fp32.")] = False,
+    eval_text: Annotated[Path | None, typer.Option(help="Perplexity text (default: bundled WikiText-2 test).")] = None,
+    ppl_window: Annotated[int | None, typer.Option(help="Perplexity window (default: the model's context).")] = None,
+    ppl_stride: Annotated[int | None, typer.Option(help="Sliding-window stride (default: the window).")] = None,
+    ppl_max_windows: Annotated[int, typer.Option(help="Cap on perplexity windows; 0 = the whole text.")] = 4,
     output: Annotated[Path, typer.Option(help="Results folder; each run writes <output>/<run-id>/.")] = Path("results"),
 ) -> None:
     """Measure one backend on one (prompt length, generation length, batch size) cell."""
@@ -73,6 +78,12 @@ def run(
     options = _parse_options(option or [])
     if rebuild and "rebuild" in get_backend(backend).options:
         options["rebuild"] = True
+    quality_settings = None
+    if quality:
+        from gpt2bench.paths import DEFAULT_TEXT
+        from gpt2bench.quality import QualitySettings
+
+        quality_settings = QualitySettings(ppl_window, ppl_stride, ppl_max_windows or None, eval_text or DEFAULT_TEXT)
     spec = RunSpec(
         backend=backend,
         prompt_len=prompt_len,
@@ -86,6 +97,7 @@ def run(
         dtype=dtype,
         sampling=Sampling(temperature, top_k, top_p, seed),
         options=options,
+        quality=quality_settings,
     )
     spec.validate()
 
@@ -107,12 +119,25 @@ def run(
         task = progress.add_task(f"{backend}: loading", total=warmup + repeats)
 
         def on_step(phase: str, _i: int, _n: int) -> None:
-            progress.update(task, advance=1, description=f"{backend}: {phase}")
+            progress.update(task, advance=0 if phase == "quality" else 1, description=f"{backend}: {phase}")
 
         cell = run_cell(spec, run_id, _warn, on_step)
     store = ResultsStore(output / run_id, cell.environment, meta={"run_id": run_id, "model": cell.model.as_record()})
     store.add(cell.row, cell.samples)
     print_summary(console, cell.row, cell.sample_text, cell.details, str(store.folder))
+
+
+@app.command("make-tiny")
+def make_tiny(
+    steps: Annotated[int, typer.Option(help="Training steps (2 x 512 tokens each).")] = 120,
+    seed: Annotated[int, typer.Option(help="Seed for init and data order.")] = 0,
+    rebuild: Annotated[bool, typer.Option(help="Train again even if cached.")] = False,
+) -> None:
+    """Train (once, cached) the small GPT-2 that `--model tiny` uses for meaningful quality numbers."""
+    from gpt2bench.tiny import TinyRecipe, tiny_model_dir
+
+    folder = tiny_model_dir(TinyRecipe(steps=steps, seed=seed), rebuild=rebuild)
+    print(f"tiny model: {folder}")
 
 
 @app.command("backends")

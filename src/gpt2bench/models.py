@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = "gpt2"
 RANDOM = "random"
+TINY = "tiny"  # a narrow GPT-2 trained on the bundled text (tiny.py), for quality checks offline
 # Written into folders gpt2bench builds, so a result can say its weights are not real GPT-2's.
 MARKER = "gpt2bench-model.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -66,6 +67,12 @@ def resolve_model(reference: str | None) -> ModelRef:
 def _resolve(reference: str) -> ModelRef:
     if reference == RANDOM:
         return random_model()
+    if reference == TINY:
+        import sys
+
+        from gpt2bench.tiny import tiny_model_dir
+
+        return _local_model(TINY, tiny_model_dir(log=lambda msg: print(f"make-tiny: {msg}", file=sys.stderr)))
     local = Path(reference).expanduser()
     if local.exists():
         return _local_model(reference, local)

@@ -61,7 +61,21 @@ MEASURE_COLUMNS = [
     "git_commit",
     "gpt2bench_version",
 ]
-COLUMNS = IDENTITY_COLUMNS + MEASURE_COLUMNS
+# Empty unless the run asked for --quality (see quality.py for definitions).
+QUALITY_COLUMNS = [
+    "ppl",
+    "ppl_window",
+    "ppl_stride",
+    "bits_per_byte",
+    "ppl_tokens",
+    "ppl_windows",
+    "agree_greedy",
+    "agree_first_divergence",
+    "agree_kl_mean",
+    "agree_max_abs_logit",
+    "quality_s",
+]
+COLUMNS = IDENTITY_COLUMNS + MEASURE_COLUMNS + QUALITY_COLUMNS
 
 
 def new_run_id(label: str) -> str:

@@ -54,11 +54,16 @@ def run_cell(
     tokenizer = load_tokenizer(model)
     prompts = make_prompts(tokenizer, spec.prompt_len, spec.batch_size)
 
+    if spec.quality is not None:
+        spec.quality.validate(n_positions)
     settings = BackendSettings(spec.device, spec.dtype, spec.threads, spec.options)
+    quality: dict[str, Any] = {}
     try:
         load = timed_load(backend, model, settings)
         m = measure(backend, prompts, spec.gen_len, spec.sampling, spec.warmup, spec.repeats, on_step)
         details = backend.describe()
+        if spec.quality is not None:
+            quality = _quality(backend, model, tokenizer, spec.quality, on_step)
     finally:
         backend.close()
 
@@ -99,6 +104,7 @@ def run_cell(
         "timestamp_utc": env["timestamp_utc"],
         "git_commit": env["git"]["commit"],
         "gpt2bench_version": env["gpt2bench_version"],
+        **quality,
         **load.phases,
         **m.setup_phases,
         **m.device_memory,
@@ -113,10 +119,25 @@ def run_cell(
         "generated_ids": [g.tokens.tolist() for g in m.generations[:1]],
         "sample_text": sample_text,
         "backend_details": details,
-        "spec": spec.as_record(),
+        "spec": {**spec.as_record(), "quality": spec.quality.record() if spec.quality else None},
         "contention_wall_s": m.contention.wall_s,
     }
     return CellResult(row, samples, details, model, sample_text, env)
+
+
+def _quality(
+    backend: Any, model: Any, tokenizer: Any, settings: Any, on_step: Callable[[str, int, int], None] | None
+) -> dict[str, Any]:
+    """Quality after speed, so it never disturbs the timed runs; its own time is recorded."""
+    import time
+
+    from gpt2bench.quality import evaluate
+
+    if on_step:
+        on_step("quality", 0, 1)
+    t0 = time.perf_counter()
+    result = evaluate(backend, model, tokenizer, settings)
+    return {**result.columns(), "quality_s": time.perf_counter() - t0}
 
 
 def prepare_output(output: Path) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpt2bench import MAX_CONTEXT
 from gpt2bench.errors import UsageError
+
+if TYPE_CHECKING:
+    from gpt2bench.quality import QualitySettings
 
 DEVICES = ("cpu", "cuda")
 DTYPES = ("fp32", "bf16", "fp16")
@@ -65,6 +68,7 @@ class RunSpec:
     dtype: str = "fp32"
     sampling: Sampling = field(default_factory=Sampling)
     options: dict[str, Any] = field(default_factory=dict)
+    quality: QualitySettings | None = None  # None: speed only
 
     def validate(self) -> None:
         from gpt2bench.backends import get_backend
@@ -96,6 +100,8 @@ class RunSpec:
             raise UsageError(f"backend '{self.backend}' has no option '{unknown[0]}' (valid: {valid})")
         info.cls.check_options(self.options)
         self.sampling.validate()
+        if self.quality is not None:
+            self.quality.validate()
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)

@@ -91,6 +91,14 @@ def print_summary(
         )
     if not row.get("tokens_consistent", True) and row["sampling"] == "greedy":
         console.print("[yellow]greedy repetitions produced different tokens: this backend is not deterministic[/]")
+    if row.get("ppl") is not None:
+        console.print(
+            f"quality: perplexity {_fmt(row['ppl'])}, {_fmt(row['bits_per_byte'], 3)} bits/byte over "
+            f"{row['ppl_tokens']} tokens ({row['ppl_windows']} windows of {row['ppl_window']}, stride "
+            f"{row['ppl_stride']}); vs hf-eager fp32: greedy tokens {row['agree_greedy']:.1%} identical, first "
+            f"divergence at {_fmt(row['agree_first_divergence'], 1)}, mean KL {row['agree_kl_mean']:.2e}, "
+            f"max |dlogit| {row['agree_max_abs_logit']:.2e}  ({_fmt(row['quality_s'])} s)"
+        )
     console.print(f"sample (first sequence, decoded after timing): {sample_text[:200]!r}", markup=False)
     if row["weights"] == "random":
         console.print(Panel(f"[bold red]{RANDOM_WARNING}[/]", border_style="red"))

@@ -1,0 +1,130 @@
+"""A small GPT-2 that has learned something, so quality numbers mean something without the Hub.
+
+Random weights give near-uniform logits, where any rounding error flips greedy ties; a trained
+model has confident predictions, so agreement and perplexity measure real degradation. This
+trains a narrow GPT-2 (the real tokenizer and vocabulary, 512 positions) on the second half of the
+bundled WikiText-2 test text, deterministically (seeded data order and init), and caches it. The
+default perplexity windows come from the start of the same file, so they are text the model did
+not train on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpt2bench.models import MARKER, copy_tokenizer, load_tokenizer
+from gpt2bench.paths import DEFAULT_TEXT, TOKENIZER_DIR, cache_dir
+
+TRAIN_FROM = 0.5  # fraction of the text's characters where the training part begins
+
+
+@dataclass(frozen=True)
+class TinyRecipe:
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    n_positions: int = 512  # == seq_len: every position the model offers gets trained
+    steps: int = 120
+    batch_size: int = 2
+    seq_len: int = 512
+    lr: float = 3e-3
+    seed: int = 0
+
+    def name(self) -> str:
+        shape = f"{self.n_layer}l{self.n_embd}w{self.n_positions}p"
+        return f"tiny-{shape}-{self.steps}x{self.batch_size}x{self.seq_len}-seed{self.seed}"
+
+
+def training_ids() -> np.ndarray:
+    from gpt2bench.models import load_tokenizer
+
+    text = DEFAULT_TEXT.read_text(encoding="utf-8")
+    return np.asarray(load_tokenizer().encode(text[int(len(text) * TRAIN_FROM) :]).ids, dtype=np.int64)
+
+
+def train(recipe: TinyRecipe, out: Path, log: Any = print) -> dict[str, Any]:
+    """Train and save a complete Hugging Face folder at `out` (written beside it, then renamed)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(recipe.seed)
+    config = GPT2Config.from_pretrained(
+        TOKENIZER_DIR,
+        n_layer=recipe.n_layer,
+        n_head=recipe.n_head,
+        n_embd=recipe.n_embd,
+        n_positions=recipe.n_positions,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    model = GPT2LMHeadModel(config).train()
+    ids = torch.from_numpy(training_ids())
+    rng = np.random.default_rng(recipe.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    warmup = max(1, recipe.steps // 10)
+    t0 = time.perf_counter()
+    losses = []
+    for step in range(recipe.steps):
+        # Linear warm-up, then cosine decay to 10%.
+        frac = (
+            (step + 1) / warmup
+            if step < warmup
+            else 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / (recipe.steps - warmup)))
+        )
+        for group in opt.param_groups:
+            group["lr"] = recipe.lr * frac
+        starts = rng.integers(0, len(ids) - recipe.seq_len - 1, recipe.batch_size)
+        batch = torch.stack([ids[s : s + recipe.seq_len] for s in starts])
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 50 == 0 or step == recipe.steps - 1:
+            log(f"step {step + 1}/{recipe.steps}  loss {loss.item():.3f}  {time.perf_counter() - t0:.0f} s")
+    stats = {
+        "train_s": time.perf_counter() - t0,
+        "final_loss": float(np.mean(losses[-10:])),
+        "train_tokens": recipe.steps * recipe.batch_size * recipe.seq_len,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".training-", dir=out.parent))
+    try:
+        model.eval().save_pretrained(tmp, safe_serialization=True)
+        copy_tokenizer(tmp)
+        marker = {
+            "weights": "trained-tiny",
+            "recipe": asdict(recipe),
+            **stats,
+            "data": f"{DEFAULT_TEXT.name} from {TRAIN_FROM:.0%} of its characters",
+        }
+        (tmp / MARKER).write_text(json.dumps(marker, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return stats
+
+
+def tiny_model_dir(recipe: TinyRecipe = TinyRecipe(), rebuild: bool = False, log: Any = print) -> Path:
+    """The cached trained model for `recipe`, trained first when missing."""
+    out = cache_dir() / "models" / recipe.name()
+    if rebuild or not (out / MARKER).is_file():
+        log(f"training {recipe.name()} (once; cached in {out})")
+        train(recipe, out, log)
+    return out
+
+
+__all__ = ["TinyRecipe", "load_tokenizer", "tiny_model_dir", "train"]
