@@ -127,6 +127,98 @@ def run(
     print_summary(console, cell.row, cell.sample_text, cell.details, str(store.folder))
 
 
+@app.command()
+def sweep(
+    config: Annotated[Path, typer.Argument(help="Sweep YAML, e.g. configs/cpu.yaml.")],
+    resume: Annotated[
+        bool, typer.Option(help="Continue the results in the output folder, skipping finished cells.")
+    ] = False,
+    interleave: Annotated[
+        bool | None, typer.Option(help="Alternate backends repetition by repetition (overrides the config).")
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="Results folder (overrides the config's output).")] = None,
+) -> None:
+    """Run every backend of a sweep config over its cells, each backend in a fresh worker process."""
+    import dataclasses
+
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from gpt2bench.results import new_run_id
+    from gpt2bench.runner import prepare_output
+    from gpt2bench.specs import default_threads
+    from gpt2bench.sweep import cells_to_run, open_store, run_interleaved, run_sequential
+    from gpt2bench.sweep_spec import load_sweep
+    from gpt2bench.sysinfo import environment
+
+    spec = load_sweep(config)
+    if output is not None:
+        spec = dataclasses.replace(spec, output=output)
+    if interleave is not None:
+        spec = dataclasses.replace(spec, interleave=interleave)
+    prepare_output(spec.output)
+    threads = spec.threads or default_threads()
+    run_id = new_run_id("sweep")
+    meta = {
+        "run_id": run_id,
+        "sweep_config": str(config),
+        "sweep_config_text": config.read_text(),
+        "interleave": spec.interleave,
+        "threads": threads,
+    }
+    store = open_store(spec, resume, environment(), meta)
+    run_id = store.meta.get("run_id", run_id)
+    total = cells_to_run(spec, store)
+    console = Console()
+    if total == 0:
+        console.print(f"nothing to do: every cell of {config} is already in {spec.output}")
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("sweep", total=total)
+
+        def on_cell(label: str) -> None:
+            progress.update(task, advance=1, description=f"sweep ({label} done a cell)")
+
+        (run_interleaved if spec.interleave else run_sequential)(spec, store, run_id, threads, on_cell)
+    failed = [r for r in store.rows if r.get("status") != "ok"]
+    console.print(f"{len(store.rows) - len(failed)} cells ok, {len(failed)} failed; results in {spec.output}")
+    for row in failed:
+        console.print(
+            f"  failed: {row['label']} prompt={row['prompt_len']} gen={row['gen_len']} "
+            f"batch={row['batch_size']}: {row['error']}",
+            markup=False,
+        )
+    if failed:
+        raise BenchError(f"{len(failed)} of {len(store.rows)} cells failed (their rows record why)")
+
+
+@app.command()
+def plot(
+    folder: Annotated[Path, typer.Argument(help="A results folder (from run or sweep).")],
+    out: Annotated[Path | None, typer.Option(help="Where to write figures (default: the results folder).")] = None,
+) -> None:
+    """PNG figures and summary.md from a results folder (never imports torch)."""
+    from gpt2bench.plot import plot as make_plots
+
+    for path in make_plots(folder, out):
+        print(path)
+
+
 @app.command("make-tiny")
 def make_tiny(
     steps: Annotated[int, typer.Option(help="Training steps (2 x 512 tokens each).")] = 120,

@@ -24,6 +24,8 @@ JSON_NAME = "results.json"
 IDENTITY_COLUMNS = [
     "schema_version",
     "run_id",
+    "label",
+    "cell_key",
     "status",
     "error",
     "backend",
@@ -103,7 +105,25 @@ class ResultsStore:
         self.rows: list[dict[str, Any]] = []
         self.samples: list[dict[str, Any]] = []
 
+    @classmethod
+    def load(cls, folder: Path) -> ResultsStore | None:
+        """An existing results folder, to append to (--resume); None when there is none yet."""
+        path = folder / JSON_NAME
+        if not path.is_file():
+            return None
+        doc = read_document(folder)
+        meta = {k: v for k, v in doc.items() if k not in ("schema_version", "environment", "rows", "samples")}
+        store = cls(folder, doc.get("environment", {}), meta)
+        store.rows, store.samples = list(doc["rows"]), list(doc.get("samples", [{}] * len(doc["rows"])))
+        return store
+
     def add(self, row: dict[str, Any], samples: dict[str, Any]) -> None:
+        """Append a finished row; a retried cell replaces its earlier (failed) row."""
+        key = row.get("cell_key")
+        if key:
+            keep = [i for i, r in enumerate(self.rows) if r.get("cell_key") != key]
+            self.rows = [self.rows[i] for i in keep]
+            self.samples = [self.samples[i] for i in keep]
         self.rows.append(row)
         self.samples.append(samples)
         self._write()
@@ -134,3 +154,28 @@ class ResultsStore:
 def load_results(folder: Path) -> dict[str, Any]:
     """Read a results folder written by ResultsStore (no torch, no pandas needed)."""
     return json.loads((folder / JSON_NAME).read_text())
+
+
+def read_document(folder: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A results.json, checked: one clear error for a missing, foreign or incomplete folder."""
+    from gpt2bench.errors import BenchError
+
+    path = folder / JSON_NAME
+    if not folder.is_dir():
+        raise BenchError(f"results folder '{folder}' does not exist")
+    if not path.is_file():
+        raise BenchError(f"'{folder}' holds no {JSON_NAME} (is it a gpt2bench results folder?)")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"'{path}' is not readable JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("schema_version") != SCHEMA_VERSION:
+        found = doc.get("schema_version") if isinstance(doc, dict) else None
+        raise BenchError(f"'{path}' has schema version {found!r}; this gpt2bench reads version {SCHEMA_VERSION}")
+    rows = doc.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise BenchError(f"'{path}' holds no result rows")
+    for column in required:
+        if not any(column in row for row in rows):
+            raise BenchError(f"'{path}' lacks the column '{column}'")
+    return doc

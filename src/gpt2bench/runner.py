@@ -31,14 +31,24 @@ class CellResult:
     environment: dict[str, Any]
 
 
-def run_cell(
-    spec: RunSpec, run_id: str, warn: Callable[[str], None], on_step: Callable[[str, int, int], None] | None = None
-) -> CellResult:
+@dataclass
+class Session:
+    """One loaded backend, ready to measure any number of cells (a sweep loads once per backend)."""
+
+    spec: RunSpec
+    backend: Any
+    model: Any
+    tokenizer: Any
+    load: Any
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def open_session(spec: RunSpec, warn: Callable[[str], None]) -> Session:
     from gpt2bench.backends import BackendSettings, get_backend
-    from gpt2bench.harness import measure, timed_load
+    from gpt2bench.harness import timed_load
     from gpt2bench.models import load_tokenizer, resolve_model
-    from gpt2bench.prompts import make_prompts
-    from gpt2bench.sysinfo import environment
 
     spec.validate()
     quiet_libraries()
@@ -46,32 +56,45 @@ def run_cell(
     model = resolve_model(spec.model)
     if model.fallback_reason:
         warn(f"{model.fallback_reason}. Falling back to --model random (GPT-2 124M shapes, random weights).")
+    settings = BackendSettings(spec.device, spec.dtype, spec.threads, spec.options)
+    load = timed_load(backend, model, settings)
+    return Session(spec, backend, model, load_tokenizer(model), load)
+
+
+def measure_cell(
+    session: Session,
+    spec: RunSpec,
+    run_id: str,
+    label: str = "",
+    cell_key: str = "",
+    on_step: Callable[[str, int, int], None] | None = None,
+) -> CellResult:
+    """Measure one (prompt, gen, batch) cell with an open session; `spec` names the cell."""
+    from gpt2bench.harness import measure
+    from gpt2bench.prompts import make_prompts
+    from gpt2bench.sysinfo import environment
+
+    spec.validate()
+    backend, model, tokenizer, load = session.backend, session.model, session.tokenizer, session.load
     n_positions = int(model.config().get("n_positions", 1024))
     if spec.prompt_len + spec.gen_len > n_positions:
         raise UsageError(
             f"prompt-len + gen-len = {spec.prompt_len + spec.gen_len} exceeds this model's {n_positions}-token context"
         )
-    tokenizer = load_tokenizer(model)
-    prompts = make_prompts(tokenizer, spec.prompt_len, spec.batch_size)
-
     if spec.quality is not None:
         spec.quality.validate(n_positions)
-    settings = BackendSettings(spec.device, spec.dtype, spec.threads, spec.options)
-    quality: dict[str, Any] = {}
-    try:
-        load = timed_load(backend, model, settings)
-        m = measure(backend, prompts, spec.gen_len, spec.sampling, spec.warmup, spec.repeats, on_step)
-        details = backend.describe()
-        if spec.quality is not None:
-            quality = _quality(backend, model, tokenizer, spec.quality, on_step)
-    finally:
-        backend.close()
+    prompts = make_prompts(tokenizer, spec.prompt_len, spec.batch_size)
+    m = measure(backend, prompts, spec.gen_len, spec.sampling, spec.warmup, spec.repeats, on_step)
+    details = backend.describe()
+    quality = _quality(backend, model, tokenizer, spec.quality, on_step) if spec.quality is not None else {}
 
     env = environment()
     stats = m.stats()
     row: dict[str, Any] = {
         "schema_version": 1,
         "run_id": run_id,
+        "label": label or (spec.backend if spec.dtype == "fp32" else f"{spec.backend}@{spec.dtype}"),
+        "cell_key": cell_key,
         "status": "ok",
         "error": "",
         "backend": spec.backend,
@@ -113,6 +136,7 @@ def run_cell(
     sample_text = tokenizer.decode(first.tolist())
     samples = {
         "run_id": run_id,
+        "cell_key": cell_key,
         "per_run": {name: [r.scalars()[name] for r in m.runs] for name in stats},
         "itl_ms": [list(r.itl_ms) for r in m.runs],
         "prompt_ids": prompts.input_ids.tolist(),
@@ -121,8 +145,19 @@ def run_cell(
         "backend_details": details,
         "spec": {**spec.as_record(), "quality": spec.quality.record() if spec.quality else None},
         "contention_wall_s": m.contention.wall_s,
+        "torch": env["torch"],
     }
     return CellResult(row, samples, details, model, sample_text, env)
+
+
+def run_cell(
+    spec: RunSpec, run_id: str, warn: Callable[[str], None], on_step: Callable[[str, int, int], None] | None = None
+) -> CellResult:
+    session = open_session(spec, warn)
+    try:
+        return measure_cell(session, spec, run_id, on_step=on_step)
+    finally:
+        session.close()
 
 
 def _quality(

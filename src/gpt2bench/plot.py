@@ -1,0 +1,311 @@
+"""`gpt2bench plot`: figures and a markdown summary from a results folder. Reads only the results
+files (matplotlib, no torch). Every figure is a function of the rows, so tests can check its data.
+Error bars are 95% confidence intervals of the mean (Student t), as the results store them."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from gpt2bench.results import read_document
+
+Row = dict[str, Any]
+REQUIRED = (
+    "label",
+    "status",
+    "prompt_len",
+    "gen_len",
+    "batch_size",
+    "e2e_ms_median",
+    "tpot_ms_median",
+    "ttft_ms_median",
+    "decode_tps_median",
+)
+HEADLINE = (50, 100, 1)
+RANDOM_STAMP = "RANDOM WEIGHTS: speed is real, quality numbers are meaningless"
+
+
+def ok_rows(doc: dict[str, Any]) -> list[Row]:
+    return [r for r in doc["rows"] if r.get("status") == "ok"]
+
+
+def labels(rows: list[Row]) -> list[str]:
+    return list(dict.fromkeys(r["label"] for r in rows))
+
+
+def headline_cell(rows: list[Row]) -> tuple[int, int, int]:
+    """(prompt, gen, batch): 50/100/1 when measured, else the cell the most backends share."""
+    cells = Counter((r["prompt_len"], r["gen_len"], r["batch_size"]) for r in rows)
+    if HEADLINE in cells:
+        return HEADLINE
+    return max(cells, key=lambda c: (cells[c], c[1], c[0]))
+
+
+def _at(rows: list[Row], cell: tuple[int, int, int]) -> list[Row]:
+    return [r for r in rows if (r["prompt_len"], r["gen_len"], r["batch_size"]) == cell]
+
+
+def _half_ci(row: Row, metric: str) -> float:
+    high, mean = row.get(f"{metric}_ci95_high"), row.get(f"{metric}_mean")
+    return high - mean if high is not None and mean is not None else 0.0
+
+
+def _caption(fig: Figure, doc: dict[str, Any], rows: list[Row]) -> None:
+    env = doc.get("environment", {})
+    first = rows[0]
+    commit = ((env.get("git") or {}).get("commit") or "")[:12]
+    model = f"model {first.get('model')} ({first.get('weights')}, {first.get('model_hash')})"
+    text = (
+        f"{model} | {env.get('cpu_model', '?')} | {first.get('threads')} threads | "
+        f"gpt2bench {env.get('gpt2bench_version', '?')} {commit}"
+    )
+    fig.text(0.01, 0.005, text, fontsize=7, color="0.35", ha="left", va="bottom")
+    if any(r.get("weights") == "random" for r in rows):
+        fig.text(
+            0.01,
+            0.035,
+            RANDOM_STAMP,
+            fontsize=8,
+            color="white",
+            ha="left",
+            va="bottom",
+            weight="bold",
+            bbox={"facecolor": "firebrick", "edgecolor": "none", "pad": 3},
+        )
+
+
+def _log_if_wide(ax: Any, axis: str, values: list[float]) -> None:
+    positive = [v for v in values if v and v > 0]
+    if positive and max(positive) / min(positive) >= 10:
+        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+
+
+def fig_headline(doc: dict[str, Any], rows: list[Row]) -> Figure:
+    cell = headline_cell(rows)
+    at = _at(rows, cell)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    names = [r["label"] for r in at]
+    ax.bar(
+        names, [r["e2e_ms_mean"] for r in at], yerr=[_half_ci(r, "e2e_ms") for r in at], capsize=4, color="steelblue"
+    )
+    ax.set_ylabel("end-to-end latency (ms), mean ± 95% CI")
+    ax.set_title(f"End-to-end time per backend: prompt {cell[0]}, generate {cell[1]}, batch {cell[2]}")
+    ax.tick_params(axis="x", rotation=20)
+    _caption(fig, doc, rows)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig
+
+
+def quality_rows(rows: list[Row]) -> list[Row]:
+    """One row per backend that has quality numbers (they do not depend on the cell)."""
+    seen: dict[str, Row] = {}
+    for r in rows:
+        if r.get("ppl") is not None and r["label"] not in seen:
+            seen[r["label"]] = r
+    return list(seen.values())
+
+
+def fig_perplexity(doc: dict[str, Any], rows: list[Row]) -> Figure | None:
+    q = quality_rows(rows)
+    if not q:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.bar([r["label"] for r in q], [r["ppl"] for r in q], color="darkseagreen")
+    ax.set_ylabel("perplexity (lower is better)")
+    window = q[0].get("ppl_window")
+    ax.set_title(f"Perplexity per backend ({q[0].get('ppl_tokens')} tokens, windows of {window})")
+    ax.tick_params(axis="x", rotation=20)
+    _caption(fig, doc, rows)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig
+
+
+def fig_time_vs_prompt(doc: dict[str, Any], rows: list[Row]) -> Figure:
+    batch = headline_cell(rows)[2]
+    gens = sorted({r["gen_len"] for r in rows if r["batch_size"] == batch})
+    fig, axes = plt.subplots(1, len(gens), figsize=(max(8, 4.5 * len(gens)), 4.6), squeeze=False)
+    for ax, gen in zip(axes[0], gens, strict=True):
+        for name in labels(rows):
+            pts = sorted(
+                (r["prompt_len"], r["e2e_ms_median"])
+                for r in rows
+                if r["label"] == name and r["gen_len"] == gen and r["batch_size"] == batch
+            )
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+        ax.set_title(f"generate {gen} tokens")
+        ax.set_xlabel("prompt length (tokens)")
+        ax.set_ylabel("end-to-end time (ms, median)")
+        _log_if_wide(ax, "x", [r["prompt_len"] for r in rows])
+        _log_if_wide(ax, "y", [r["e2e_ms_median"] for r in rows])
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(f"Time against prompt length, per generation length (batch {batch})")
+    _caption(fig, doc, rows)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.96))
+    return fig
+
+
+def fig_ttft_and_throughput(doc: dict[str, Any], rows: list[Row]) -> Figure:
+    batch = headline_cell(rows)[2]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    gen_fixed = Counter(r["gen_len"] for r in rows if r["batch_size"] == batch).most_common(1)[0][0]
+    prompt_fixed = Counter(r["prompt_len"] for r in rows if r["batch_size"] == batch).most_common(1)[0][0]
+    for name in labels(rows):
+        mine = [r for r in rows if r["label"] == name and r["batch_size"] == batch]
+        ttft = sorted((r["prompt_len"], r["ttft_ms_median"]) for r in mine if r["gen_len"] == gen_fixed)
+        tput = sorted(
+            (r["gen_len"], r["decode_tps_median"])
+            for r in mine
+            if r["prompt_len"] == prompt_fixed and r["decode_tps_median"] is not None
+        )
+        if ttft:
+            left.plot(*zip(*ttft, strict=True), marker="o", label=name)
+        if tput:
+            right.plot(*zip(*tput, strict=True), marker="o", label=name)
+    left.set(
+        title=f"TTFT against prompt length (generate {gen_fixed})",
+        xlabel="prompt tokens",
+        ylabel="time to first token (ms, median)",
+    )
+    right.set(
+        title=f"Decode throughput against output length (prompt {prompt_fixed})",
+        xlabel="generated tokens",
+        ylabel="decode tokens/s (median)",
+    )
+    _log_if_wide(left, "x", [r["prompt_len"] for r in rows])
+    _log_if_wide(right, "x", [r["gen_len"] for r in rows])
+    left.legend(fontsize=8)
+    _caption(fig, doc, rows)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig
+
+
+def pareto_front(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """Points no other point beats on both axes (lower is better on each), by increasing x."""
+    front: list[tuple[float, float, str]] = []
+    for x, y, name in sorted(points):
+        if not front or y < front[-1][1]:
+            front.append((x, y, name))
+    return front
+
+
+def fig_speed_quality(doc: dict[str, Any], rows: list[Row]) -> Figure | None:
+    cell = headline_cell(rows)
+    q = {r["label"]: r for r in quality_rows(rows)}
+    at = [r for r in _at(rows, cell) if r["label"] in q and r.get("tpot_ms_median") is not None]
+    if not at:
+        return None
+    use_ppl = all(q[r["label"]].get("ppl") is not None for r in at)
+    ykey, ylabel = ("ppl", "perplexity") if use_ppl else ("agree_greedy", "greedy disagreement")
+    points = [
+        (r["tpot_ms_median"], q[r["label"]][ykey] if use_ppl else 1 - q[r["label"]][ykey], r["label"]) for r in at
+    ]
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for x, y, name in points:
+        ax.scatter(x, y, s=40)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    front = pareto_front(points)
+    ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="firebrick", label="Pareto front")
+    ax.set(
+        xlabel="TPOT (ms, median; lower is faster)",
+        ylabel=f"{ylabel} (lower is better)",
+        title=f"Speed against quality (prompt {cell[0]}, generate {cell[1]}, batch {cell[2]})",
+    )
+    ax.legend(fontsize=8)
+    _caption(fig, doc, rows)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig
+
+
+def _fmt(v: Any, digits: int = 1) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:,.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def summary_markdown(doc: dict[str, Any], rows: list[Row], figures: list[str]) -> str:
+    cell = headline_cell(rows)
+    env = doc.get("environment", {})
+    lines = [f"# gpt2bench results: {doc.get('run_id', '')}", ""]
+    if any(r.get("weights") == "random" for r in rows):
+        lines += [f"> **{RANDOM_STAMP}.**", ""]
+    lines += [
+        f"Model `{rows[0].get('model')}` ({rows[0].get('weights')}, sha256 {rows[0].get('model_hash')}); "
+        f"{env.get('cpu_model', '?')}; {rows[0].get('threads')} threads; gpt2bench "
+        f"{env.get('gpt2bench_version', '?')} at {(env.get('git') or {}).get('commit')}.",
+        "",
+        f"## Headline cell: prompt {cell[0]}, generate {cell[1]}, batch {cell[2]}",
+        "",
+        "Medians over repetitions; e2e as mean ± half-width of the 95% CI (Student t).",
+        "",
+        "| backend | TTFT ms | TPOT ms | e2e ms | decode tok/s | peak RSS MB | perplexity | greedy agreement |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in _at(rows, cell):
+        lines.append(
+            f"| {r['label']} | {_fmt(r['ttft_ms_median'])} | {_fmt(r['tpot_ms_median'], 2)} | "
+            f"{_fmt(r['e2e_ms_mean'])} ± {_fmt(_half_ci(r, 'e2e_ms'))} | {_fmt(r['decode_tps_median'])} | "
+            f"{_fmt(r.get('peak_rss_mb'), 0)} | {_fmt(r.get('ppl'), 2)} | {_fmt(r.get('agree_greedy'), 3)} |"
+        )
+    lines += [
+        "",
+        "## Every cell",
+        "",
+        "| backend | prompt | gen | batch | TTFT ms | TPOT ms | e2e ms (median) | other CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        noise = r.get("other_cpu_frac")
+        lines.append(
+            f"| {r['label']} | {r['prompt_len']} | {r['gen_len']} | {r['batch_size']} | "
+            f"{_fmt(r['ttft_ms_median'])} | {_fmt(r['tpot_ms_median'], 2)} | {_fmt(r['e2e_ms_median'])} | "
+            f"{_fmt(noise * 100 if noise is not None else None)}% |"
+        )
+    failed = [r for r in doc["rows"] if r.get("status") != "ok"]
+    if failed:
+        lines += ["", "## Failed cells", ""]
+        lines += [
+            f"- {r['label']} prompt {r['prompt_len']} gen {r['gen_len']} batch {r['batch_size']}: {r.get('error')}"
+            for r in failed
+        ]
+    lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
+    return "\n".join(lines) + "\n"
+
+
+def build_figures(doc: dict[str, Any]) -> dict[str, Figure]:
+    rows = ok_rows(doc)
+    if not rows:
+        from gpt2bench.errors import BenchError
+
+        raise BenchError("no successful rows to plot (every cell failed)")
+    candidates = {
+        "e2e_headline.png": fig_headline(doc, rows),
+        "perplexity.png": fig_perplexity(doc, rows),
+        "time_vs_prompt.png": fig_time_vs_prompt(doc, rows),
+        "ttft_and_throughput.png": fig_ttft_and_throughput(doc, rows),
+        "speed_vs_quality.png": fig_speed_quality(doc, rows),
+    }
+    return {name: fig for name, fig in candidates.items() if fig is not None}
+
+
+def plot(folder: Path, out: Path | None = None) -> list[Path]:
+    doc = read_document(folder, REQUIRED)
+    out = out or folder
+    out.mkdir(parents=True, exist_ok=True)
+    figures = build_figures(doc)
+    written = []
+    for name, fig in figures.items():
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        written.append(out / name)
+    summary = out / "summary.md"
+    summary.write_text(summary_markdown(doc, ok_rows(doc), list(figures)))
+    return [*written, summary]

@@ -1,0 +1,277 @@
+"""Run a sweep: each backend in its own fresh worker process (thread pools, memory peaks and
+crashes stay contained), loaded once, then its cells. Every finished cell is written at once, so an
+interruption loses nothing finished, and --resume skips it. A crash, timeout or out-of-memory kill
+becomes a failed row and the sweep goes on with a fresh worker for the remaining cells.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import selectors
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from gpt2bench.errors import UsageError
+from gpt2bench.metrics import PER_RUN_METRICS, percentiles, summarize
+from gpt2bench.results import ResultsStore
+from gpt2bench.sweep_spec import BackendConfig, Cell, SweepSpec, cell_key, to_quality_settings
+
+Progress = Callable[[str], None]
+
+
+class WorkerGone(Exception):
+    """The worker died or went silent; the message says which."""
+
+
+class Worker:
+    def __init__(self, spec: SweepSpec, backend: BackendConfig, run_id: str, threads: int) -> None:
+        from gpt2bench.specs import Sampling
+
+        quality = to_quality_settings(spec.quality) if spec.quality.enabled else None
+        job = {
+            "run_id": run_id,
+            "spec": {
+                "backend": backend.name,
+                "dtype": backend.dtype,
+                "options": backend.options,
+                "model": spec.model,
+                "device": spec.device,
+                "threads": threads,
+                "sampling": asdict(Sampling()),
+                "quality": {**asdict(quality), "text": str(quality.text)} if quality else None,
+            },
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gpt2bench.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        self.stderr_tail: list[str] = []
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.proc.stdout, selectors.EVENT_READ, "out")  # type: ignore[arg-type]
+        self.selector.register(self.proc.stderr, selectors.EVENT_READ, "err")  # type: ignore[arg-type]
+        self._send(job)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        try:
+            self.proc.stdin.write(json.dumps(message) + "\n")  # type: ignore[union-attr]
+            self.proc.stdin.flush()  # type: ignore[union-attr]
+        except BrokenPipeError:
+            raise WorkerGone(self._death()) from None
+
+    def _death(self) -> str:
+        code = self.proc.poll()
+        detail = self.stderr_tail[-1].strip() if self.stderr_tail else ""
+        if code is not None and code < 0:
+            how = f"worker killed by signal {-code}" + (" (out of memory?)" if -code == 9 else "")
+        else:
+            how = f"worker exited with code {code}"
+        return f"{how}: {detail}" if detail else how
+
+    def receive(self, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.kill()
+                raise WorkerGone(f"timed out after {timeout:.0f} s")
+            for key, _ in self.selector.select(timeout=min(left, 1.0)):
+                line = key.fileobj.readline()  # type: ignore[union-attr]
+                if key.data == "err":
+                    if line:
+                        self.stderr_tail = [*self.stderr_tail[-20:], line]
+                    continue
+                if not line:
+                    self.proc.wait()
+                    raise WorkerGone(self._death())
+                return json.loads(line)
+            if self.proc.poll() is not None and not self.selector.select(timeout=0):
+                raise WorkerGone(self._death())
+
+    def request(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
+        self._send(command)
+        return self.receive(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()  # type: ignore[union-attr]
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def failed_row(spec: SweepSpec, backend: BackendConfig, cell: Cell, run_id: str, error: str) -> dict[str, Any]:
+    return {
+        "schema_version": 1,
+        "run_id": run_id,
+        "label": backend.display(),
+        "cell_key": cell_key(spec.model, backend, cell, spec.device),
+        "status": "failed",
+        "error": error,
+        "backend": backend.name,
+        "model": spec.model or "",
+        "device": spec.device,
+        "dtype": backend.dtype,
+        "batch_size": cell.batch_size,
+        "prompt_len": cell.prompt_len,
+        "gen_len": cell.gen_len,
+        "warmup": spec.warmup,
+        "repeats": spec.repeats,
+        "options": json.dumps(backend.options, sort_keys=True),
+    }
+
+
+def merge_rounds(rows: list[dict[str, Any]], samples: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Combine interleaved rounds (each a few repetitions) of one backend and cell into one row:
+    statistics recomputed from the pooled raw samples, CPU noise summed, peaks maxed."""
+    row = dict(rows[-1])  # the last round carries quality, when asked for
+    per_run = {m: [v for s in samples for v in s["per_run"][m]] for m in PER_RUN_METRICS}
+    itl = [lat for s in samples for run in s["itl_ms"] for lat in run]
+    for metric, values in per_run.items():
+        row.update({f"{metric}_{stat}": v for stat, v in summarize(values).items()})
+    row.update({f"itl_ms_{k}": v for k, v in percentiles(itl).items()})
+    row["repeats"] = len(per_run["e2e_ms"])
+    row["warmup"] = rows[0]["warmup"]
+    row["setup_s"] = rows[0]["setup_s"]
+    row["other_cpu_s"] = sum(r["other_cpu_s"] for r in rows)
+    walls = sum(s["contention_wall_s"] for s in samples)
+    row["other_cpu_frac"] = row["other_cpu_s"] / (walls * (os.cpu_count() or 1)) if walls else math.nan
+    row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rows)
+    row["tokens_consistent"] = all(r["tokens_consistent"] for r in rows)
+    merged = dict(samples[-1])
+    merged["per_run"] = per_run
+    merged["itl_ms"] = [run for s in samples for run in s["itl_ms"]]
+    merged["contention_wall_s"] = walls
+    merged["interleaved_rounds"] = len(rows)
+    return row, merged
+
+
+def plan(spec: SweepSpec, store: ResultsStore) -> list[tuple[BackendConfig, list[Cell]]]:
+    done = {row["cell_key"] for row in store.rows if row.get("status") == "ok"}
+    return [(b, [c for c in spec.cells if cell_key(spec.model, b, c, spec.device) not in done]) for b in spec.backends]
+
+
+def _command(spec: SweepSpec, backend: BackendConfig, cell: Cell, warmup: int, repeats: int, quality: bool) -> dict:
+    return {
+        "cell": asdict(cell),
+        "warmup": warmup,
+        "repeats": repeats,
+        "quality": quality,
+        "label": backend.display(),
+        "cell_key": cell_key(spec.model, backend, cell, spec.device),
+    }
+
+
+def run_sequential(spec: SweepSpec, store: ResultsStore, run_id: str, threads: int, on_cell: Progress) -> None:
+    for backend, cells in plan(spec, store):
+        remaining = list(cells)
+        while remaining:
+            worker = Worker(spec, backend, run_id, threads)
+            try:
+                hello = worker.receive(spec.cell_timeout_s)
+                if hello["event"] == "load_failed":
+                    for cell in remaining:
+                        store.add(failed_row(spec, backend, cell, run_id, f"load failed: {hello['error']}"), {})
+                        on_cell(backend.display())
+                    remaining = []
+                    break
+                for cell in list(remaining):
+                    reply = worker.request(
+                        _command(spec, backend, cell, spec.warmup, spec.repeats, spec.quality.enabled),
+                        spec.cell_timeout_s,
+                    )
+                    if reply["event"] == "row":
+                        store.add(reply["row"], reply["samples"])
+                    else:
+                        store.add(failed_row(spec, backend, cell, run_id, reply["error"]), {})
+                    remaining.remove(cell)
+                    on_cell(backend.display())
+            except WorkerGone as gone:
+                # The cell in flight takes the blame; a fresh worker carries on with the rest.
+                store.add(failed_row(spec, backend, remaining[0], run_id, str(gone)), {})
+                on_cell(backend.display())
+                remaining = remaining[1:]
+            finally:
+                worker.close()
+
+
+def run_interleaved(spec: SweepSpec, store: ResultsStore, run_id: str, threads: int, on_cell: Progress) -> None:
+    """All backends' workers stay up; each cell's repetitions alternate between backends, one at a
+    time, so slow drift of the machine spreads over every backend instead of hitting one."""
+    todo = plan(spec, store)
+    workers: dict[str, Worker] = {}
+    try:
+        for backend, _ in todo:
+            worker = Worker(spec, backend, run_id, threads)
+            hello = worker.receive(spec.cell_timeout_s)
+            if hello["event"] == "ready":
+                workers[backend.display()] = worker
+            else:
+                worker.close()
+        for cell in spec.cells:
+            active = [b for b, cells in todo if cell in cells]
+            rounds: dict[str, tuple[list, list]] = {b.display(): ([], []) for b in active}
+            failed: dict[str, str] = {}
+            for r in range(spec.repeats):
+                for backend in active:
+                    name = backend.display()
+                    if name in failed:
+                        continue
+                    if name not in workers:
+                        failed[name] = "load failed"
+                        continue
+                    last = r == spec.repeats - 1
+                    command = _command(
+                        spec, backend, cell, spec.warmup if r == 0 else 0, 1, spec.quality.enabled and last
+                    )
+                    try:
+                        reply = workers[name].request(command, spec.cell_timeout_s)
+                    except WorkerGone as gone:
+                        failed[name] = str(gone)
+                        workers.pop(name).close()
+                        continue
+                    if reply["event"] == "row":
+                        rounds[name][0].append(reply["row"])
+                        rounds[name][1].append(reply["samples"])
+                    else:
+                        failed[name] = reply["error"]
+            for backend in active:
+                name = backend.display()
+                if name in failed:
+                    store.add(failed_row(spec, backend, cell, run_id, failed[name]), {})
+                else:
+                    store.add(*merge_rounds(*rounds[name]))
+                on_cell(name)
+    finally:
+        for worker in workers.values():
+            worker.close()
+
+
+def cells_to_run(spec: SweepSpec, store: ResultsStore) -> int:
+    return sum(len(cells) for _, cells in plan(spec, store))
+
+
+def open_store(spec: SweepSpec, resume: bool, environment: dict[str, Any], meta: dict[str, Any]) -> ResultsStore:
+    existing = ResultsStore.load(spec.output)
+    if existing is not None and not resume:
+        raise UsageError(
+            f"'{spec.output}' already holds results; pass --resume to continue it, or choose another output folder"
+        )
+    if existing is not None:
+        return existing
+    return ResultsStore(spec.output, environment, meta)

@@ -1,0 +1,70 @@
+"""A sweep worker: one backend, loaded once, measuring the cells its parent sends.
+
+Protocol, one JSON object per line. The parent writes the job to stdin first
+({"spec": RunSpec fields, "run_id": ...}), then one command per cell
+({"cell": {...}, "warmup": w, "repeats": k, "quality": bool, "label": ..., "cell_key": ...}); the
+worker answers each with {"event": "row", ...} or {"event": "failed", "error": ...} on its real
+stdout. Anything libraries print goes to stderr, so it cannot corrupt the protocol. A line that
+never comes (crash, out of memory, hang) is the parent's to handle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from dataclasses import replace
+from typing import Any
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
+
+
+def main() -> int:
+    channel = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # stray prints from libraries land on stderr
+
+    def send(message: dict[str, Any]) -> None:
+        channel.write(json.dumps(message, default=str) + "\n")
+        channel.flush()
+
+    from gpt2bench.quality import QualitySettings
+    from gpt2bench.runner import measure_cell, open_session
+    from gpt2bench.specs import RunSpec, Sampling
+
+    job = json.loads(sys.stdin.readline())
+    raw = job["spec"]
+    quality = raw.pop("quality")
+    base = RunSpec(**{**raw, "sampling": Sampling(**raw["sampling"])})
+    quality_settings = (
+        QualitySettings(**{**quality, "text": __import__("pathlib").Path(quality["text"])}) if quality else None
+    )
+    try:
+        session = open_session(base, lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    except Exception as exc:  # reported for every cell by the parent
+        send({"event": "load_failed", "error": _one_line(exc)})
+        return 1
+    send({"event": "ready"})
+    for line in sys.stdin:
+        command = json.loads(line)
+        spec = replace(
+            base,
+            **command["cell"],
+            warmup=command["warmup"],
+            repeats=command["repeats"],
+            quality=quality_settings if command["quality"] else None,
+        )
+        try:
+            result = measure_cell(session, spec, job["run_id"], command["label"], command["cell_key"])
+            send({"event": "row", "row": result.row, "samples": result.samples})
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            send({"event": "failed", "error": _one_line(exc)})
+    session.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

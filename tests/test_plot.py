@@ -1,0 +1,159 @@
+"""Plots from a fixture results file: the figures hold the expected series (their data, not pixels)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from gpt2bench.plot import build_figures, pareto_front, plot
+from gpt2bench.results import COLUMNS
+
+BACKENDS = {"hf-eager": (40.0, 30.0), "onnx": (18.0, 30.0), "onnx-int8": (7.0, 31.5)}  # TPOT ms, perplexity
+
+
+def fixture_doc():
+    rows = []
+    for name, (tpot, ppl) in BACKENDS.items():
+        for prompt in (1, 50, 500):
+            for gen in (1, 10, 100):
+                ttft = 20 + prompt * 0.5
+                e2e = ttft + tpot * (gen - 1)
+                row = dict.fromkeys(COLUMNS)
+                row.update(
+                    label=name,
+                    backend=name,
+                    status="ok",
+                    prompt_len=prompt,
+                    gen_len=gen,
+                    batch_size=1,
+                    model="random",
+                    weights="random",
+                    model_hash="abc",
+                    threads=2,
+                    ttft_ms_median=ttft,
+                    tpot_ms_median=tpot,
+                    e2e_ms_median=e2e,
+                    e2e_ms_mean=e2e,
+                    e2e_ms_ci95_high=e2e + 2,
+                    decode_tps_median=1000 / tpot if gen > 1 else None,
+                    ppl=ppl,
+                    ppl_tokens=4088,
+                    ppl_window=1024,
+                    agree_greedy=1.0,
+                    other_cpu_frac=0.01,
+                )
+                rows.append(row)
+    rows.append({**rows[0], "label": "broken", "status": "failed", "error": "boom"})
+    return {"schema_version": 1, "run_id": "fixture", "environment": {"cpu_model": "Test CPU"}, "rows": rows}
+
+
+@pytest.fixture
+def figures():
+    import matplotlib.pyplot as plt
+
+    yield build_figures(fixture_doc())
+    plt.close("all")
+
+
+def test_headline_bars_are_e2e_means_with_ci(figures):
+    ax = figures["e2e_headline.png"].axes[0]
+    heights = [p.get_height() for p in ax.patches]
+    assert heights == pytest.approx([20 + 25 + t * 99 for t, _ in BACKENDS.values()])  # prompt 50, gen 100
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(BACKENDS)
+    assert "95% CI" in ax.get_ylabel()
+    texts = [t.get_text() for t in figures["e2e_headline.png"].texts]
+    assert any("RANDOM WEIGHTS" in t for t in texts) and any("Test CPU" in t for t in texts)
+
+
+def test_time_vs_prompt_has_one_panel_per_gen_and_a_line_per_backend(figures):
+    axes = figures["time_vs_prompt.png"].axes
+    assert [ax.get_title() for ax in axes] == ["generate 1 tokens", "generate 10 tokens", "generate 100 tokens"]
+    lines = {line.get_label(): line for line in axes[2].lines}
+    assert set(lines) == set(BACKENDS)
+    np.testing.assert_allclose(lines["onnx"].get_xdata(), [1, 50, 500])
+    np.testing.assert_allclose(lines["onnx"].get_ydata(), [20 + p * 0.5 + 18 * 99 for p in (1, 50, 500)])
+    assert axes[2].get_xscale() == "log"  # 1..500 spans decades
+
+
+def test_ttft_and_throughput_series(figures):
+    left, right = figures["ttft_and_throughput.png"].axes
+    ttft = {line.get_label(): line for line in left.lines}
+    np.testing.assert_allclose(ttft["hf-eager"].get_ydata(), [20.5, 45, 270])
+    tput = {line.get_label(): line for line in right.lines}
+    np.testing.assert_allclose(tput["onnx-int8"].get_xdata(), [10, 100])  # gen 1 has no decode phase
+    np.testing.assert_allclose(tput["onnx-int8"].get_ydata(), [1000 / 7] * 2)
+
+
+def test_perplexity_and_pareto_front(figures):
+    bars = figures["perplexity.png"].axes[0].patches
+    assert [b.get_height() for b in bars] == [30.0, 30.0, 31.5]
+    ax = figures["speed_vs_quality.png"].axes[0]
+    (front,) = [line for line in ax.lines if line.get_label() == "Pareto front"]
+    # hf-eager is dominated by onnx (faster, same perplexity); onnx-int8 is fastest but worse.
+    np.testing.assert_allclose(front.get_xdata(), [7.0, 18.0])
+    np.testing.assert_allclose(front.get_ydata(), [31.5, 30.0])
+
+
+def test_pareto_front_definition():
+    points = [(1, 5, "a"), (2, 4, "b"), (3, 4.5, "c"), (4, 1, "d"), (5, 1, "e")]
+    assert [p[2] for p in pareto_front(points)] == ["a", "b", "d"]
+
+
+def test_plot_writes_files_and_summary(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps(fixture_doc()))
+    written = plot(tmp_path)
+    names = {p.name for p in written}
+    assert {
+        "e2e_headline.png",
+        "perplexity.png",
+        "time_vs_prompt.png",
+        "ttft_and_throughput.png",
+        "speed_vs_quality.png",
+        "summary.md",
+    } == names
+    summary = (tmp_path / "summary.md").read_text()
+    assert "RANDOM WEIGHTS" in summary and "| onnx-int8 | 45.0 | 7.00 |" in summary and "broken" in summary
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda d: None, "holds no results.json"),
+        (
+            lambda d: (d / "results.json").write_text(json.dumps({**fixture_doc(), "schema_version": 99})),
+            "schema version 99",
+        ),
+        (lambda d: (d / "results.json").write_text(json.dumps({**fixture_doc(), "rows": []})), "holds no result rows"),
+        (
+            lambda d: (d / "results.json").write_text(
+                json.dumps(
+                    {
+                        **fixture_doc(),
+                        "rows": [{k: v for k, v in r.items() if k != "tpot_ms_median"} for r in fixture_doc()["rows"]],
+                    }
+                )
+            ),
+            "lacks the column 'tpot_ms_median'",
+        ),
+        (lambda d: (d / "results.json").write_text("{not json"), "not readable JSON"),
+    ],
+)
+def test_bad_results_folders_are_one_line_errors(tmp_path, setup, message):
+    setup(tmp_path)
+    proc = run_cli("plot", str(tmp_path))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr
+
+
+def test_plot_does_not_import_torch(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps(fixture_doc()))
+    code = (
+        "import sys\nfrom gpt2bench.cli import main\nsys.argv = ['gpt2bench', 'plot', sys.argv[1]]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "assert 'torch' not in sys.modules, 'plot imported torch'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

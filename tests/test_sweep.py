@@ -1,0 +1,203 @@
+"""Sweeps for real: YAML validation, worker processes, failed cells, kill and resume, interleave."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from gpt2bench.errors import UsageError
+from gpt2bench.sweep import merge_rounds
+from gpt2bench.sweep_spec import load_sweep
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = """output: {out}
+model: {model}
+repeats: 2
+warmup: 1
+prompt_lens: [4, 8]
+gen_lens: [3]
+"""
+
+
+@pytest.mark.parametrize("name", ["cpu.yaml", "cuda.yaml", "quick.yaml"])
+def test_shipped_configs_load(name):
+    spec = load_sweep(CONFIGS / name)
+    assert spec.backends and spec.cells
+    assert all(c.prompt_len + c.gen_len <= 1024 for c in spec.cells)
+
+
+def test_cpu_config_has_the_study_grid_and_headline():
+    cells = {(c.prompt_len, c.gen_len) for c in load_sweep(CONFIGS / "cpu.yaml").cells}
+    assert cells == {(p, g) for p in (1, 50, 500) for g in (1, 10, 100)}  # 50/100 is already in it
+    assert {b.display() for b in load_sweep(CONFIGS / "cpu.yaml").backends} >= {"hf-eager", "onnx-int8", "static-kv"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("output: x\nbackends: [\n", "malformed YAML"),
+        (
+            "output: x\nprompt_lens: [1]\ngen_lens: [1]\nbackends: [{name: hf-eager}]\ncolour: red\n",
+            ":5: colour: unknown key",
+        ),
+        (
+            "output: x\nprompt_lens: [1]\ngen_lens: [1]\nbackends:\n  - name: nope\n",
+            ":5: backends[0].name: unknown backend 'nope'",
+        ),
+        (
+            "output: x\nprompt_lens: []\ngen_lens: [1]\nbackends: [{name: hf-eager}]\n",
+            ":2: prompt_lens: must not be empty",
+        ),
+        (
+            "output: x\nprompt_lens: [1000]\ngen_lens: [100]\nbackends: [{name: hf-eager}]\n",
+            "exceeds the 1024-token context",
+        ),
+        (
+            "output: x\nprompt_lens: [1]\ngen_lens: [0]\nbackends: [{name: hf-eager}]\n",
+            "gen_lens[0]: must be at least 1",
+        ),
+        (
+            "output: x\nprompt_lens: [1]\ngen_lens: [1]\nrepeats: many\nbackends: [{name: hf-eager}]\n",
+            "repeats: expected a int",
+        ),
+        ("output: x\nprompt_lens: [1]\ngen_lens: [1]\n", "missing required key 'backends'"),
+        (
+            "output: x\nprompt_lens: [1]\ngen_lens: [1]\nbackends: [{name: onnx, options: {colour: 1}}]\n",
+            "backends[0].options.colour: unknown key",
+        ),
+        (
+            "output: x\nprompt_lens: [1]\ngen_lens: [1]\nbackends: [{name: hf-int8-dynq, dtype: bf16}]\n",
+            "does not support dtype 'bf16'",
+        ),
+        (
+            "output: x\nprompt_lens: [1]\ngen_lens: [1]\nbackends: [{name: hf-eager}, {name: hf-eager}]\n",
+            "duplicate backend",
+        ),
+        ("", "the config is empty"),
+    ],
+)
+def test_config_errors_name_the_field_and_line(tmp_path, text, message):
+    with pytest.raises(UsageError) as info:
+        load_sweep(_write(tmp_path, text))
+    assert message in str(info.value)
+
+
+def test_bad_config_from_the_cli_is_one_line(tmp_path):
+    proc = run_cli(
+        "sweep", str(_write(tmp_path, "output: x\nprompt_lens: [1]\ngen_lens: [1]\nbackends: [{name: x}]\n"))
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "unknown backend 'x'" in proc.stderr
+
+
+def _rows(out):
+    return json.loads((out / "results.json").read_text())["rows"]
+
+
+def test_quick_sweep_writes_every_cell_and_a_failing_backend_stays_contained(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    config = _write(
+        tmp_path,
+        BASE.format(out=out, model=tiny_model_dir)
+        + """backends:
+  - name: hf-eager
+  - {name: static-kv-eager, dtype: fp16}   # raises at load on a CPU: its cells fail, nothing else
+  - name: onnx-opt
+""",
+    )
+    proc = run_cli("sweep", str(config))
+    assert proc.returncode == 1, proc.stderr
+    assert "2 of 6 cells failed" in proc.stderr
+    rows = _rows(out)
+    assert len(rows) == 6 and len({r["cell_key"] for r in rows}) == 6
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert {(r["label"], r["prompt_len"]) for r in ok} == {(b, p) for b in ("hf-eager", "onnx-opt") for p in (4, 8)}
+    assert all(r["tokens_per_run"] == 3 and r["repeats"] == 2 for r in ok)
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert all(r["label"] == "static-kv-eager@fp16" and "fp16 is for --device cuda" in r["error"] for r in failed)
+    with (out / "results.csv").open() as fh:
+        assert len(fh.readlines()) == 7
+
+
+def test_killed_sweep_resumes_with_every_cell_exactly_once(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    config = _write(
+        tmp_path,
+        BASE.format(out=out, model=tiny_model_dir).replace("[4, 8]", "[4, 8, 12, 16]")
+        + "backends:\n  - name: hf-eager\n  - name: static-kv-eager\n",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpt2bench", "sweep", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if len(_rows(out)) >= 2:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the parent and its worker, mid-sweep
+    proc.wait()
+    before = _rows(out)
+    assert 2 <= len(before) < 8
+    resumed = run_cli("sweep", str(config), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    rows = _rows(out)
+    assert len(rows) == 8 and len({r["cell_key"] for r in rows}) == 8 and all(r["status"] == "ok" for r in rows)
+    # Finished rows survived the kill untouched.
+    assert [r for r in rows if r["cell_key"] in {b["cell_key"] for b in before}] == before
+
+
+def test_interleaved_sweep_pools_rounds(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    config = _write(
+        tmp_path,
+        BASE.format(out=out, model=tiny_model_dir).replace("[4, 8]", "[4]")
+        + "backends:\n  - name: hf-eager\n  - name: static-kv-eager\n",
+    )
+    proc = run_cli("sweep", str(config), "--interleave")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["interleave"] is True and len(doc["rows"]) == 2
+    for row, samples in zip(doc["rows"], doc["samples"], strict=True):
+        assert row["repeats"] == 2 and samples["interleaved_rounds"] == 2
+        assert len(samples["per_run"]["e2e_ms"]) == 2 and row["e2e_ms_min"] <= row["e2e_ms_median"] <= row["e2e_ms_max"]
+
+
+def test_merge_rounds_recomputes_statistics_from_raw_samples():
+    def round_(e2e, other):
+        row = {
+            "warmup": 1,
+            "setup_s": 0.5,
+            "other_cpu_s": other,
+            "other_cpu_frac": 0.0,
+            "peak_rss_mb": 100 + e2e,
+            "tokens_consistent": True,
+            "repeats": 1,
+        }
+        per_run = {m: [e2e] for m in ("ttft_ms", "tpot_ms", "e2e_ms", "decode_tps", "overall_tps", "prefill_tps")}
+        return row, {"per_run": per_run, "itl_ms": [[1.0, 2.0]], "contention_wall_s": 1.0}
+
+    rows, samples = zip(*(round_(v, 0.1) for v in (10.0, 20.0, 30.0)), strict=True)
+    row, merged = merge_rounds(list(rows), list(samples))
+    assert row["repeats"] == 3 and row["e2e_ms_median"] == 20 and row["e2e_ms_min"] == 10
+    assert row["other_cpu_s"] == pytest.approx(0.3) and row["peak_rss_mb"] == 130
+    assert merged["itl_ms"] == [[1.0, 2.0]] * 3 and merged["interleaved_rounds"] == 3
