@@ -219,6 +219,38 @@ def plot(
         print(path)
 
 
+@app.command()
+def compare(
+    baseline: Annotated[Path, typer.Argument(help="Baseline results folder.")],
+    new: Annotated[Path, typer.Argument(help="New results folder.")],
+    metric: Annotated[list[str] | None, typer.Option(help="Speed metric to judge (repeatable).")] = None,
+    threshold: Annotated[float, typer.Option(help="Relative change that counts, e.g. 0.1 = 10%.")] = 0.10,
+    quality_threshold: Annotated[
+        float, typer.Option(help="Relative change in perplexity/agreement that counts.")
+    ] = 0.01,
+    alpha: Annotated[float, typer.Option(help="Significance level of the Mann-Whitney U test.")] = 0.05,
+    normalize: Annotated[
+        str | None, typer.Option(help="Reference backend measured in the same run, e.g. hf-eager.")
+    ] = None,
+) -> None:
+    """Compare two results folders; exit 1 on a significant regression beyond the threshold."""
+    from gpt2bench.compare import DEFAULT_METRICS, REGRESSIONS, load, markdown
+    from gpt2bench.compare import compare as run_compare
+
+    verdicts = run_compare(
+        load(baseline), load(new), tuple(metric or DEFAULT_METRICS), threshold, quality_threshold, alpha, normalize
+    )
+    print(markdown(verdicts, normalize))
+    bad = [v for v in verdicts if v.verdict in REGRESSIONS]
+    missing = [v for v in verdicts if v.verdict == "missing"]
+    print(
+        f"\n{len(bad)} regression(s), {len(missing)} missing, {len(verdicts)} comparisons "
+        f"(threshold {threshold:.0%}, alpha {alpha})"
+    )
+    if bad:
+        raise typer.Exit(1)
+
+
 @app.command("make-tiny")
 def make_tiny(
     steps: Annotated[int, typer.Option(help="Training steps (2 x 512 tokens each).")] = 120,

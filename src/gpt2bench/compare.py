@@ -1,0 +1,161 @@
+"""`gpt2bench compare BASELINE NEW`: match rows by configuration, test each metric on the raw
+per-repetition samples (Mann-Whitney U, two-sided) and against a relative threshold, and say
+faster / slower / same / missing. A change counts only when it is both significant and larger than
+the threshold: noise on shared machines is routinely several percent.
+
+Normalization (`--normalize hf-eager`) divides every sample by the median of the reference backend
+measured in the same run and cell, so a baseline recorded on one machine can judge a run on
+another: a machine that is uniformly 1.5x slower cancels out. Quality columns (perplexity,
+greedy agreement) have no samples; they are judged by the threshold alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpt2bench.errors import UsageError
+from gpt2bench.results import read_document
+
+# metric -> True when lower is better
+SPEED_METRICS = {"tpot_ms": True, "ttft_ms": True, "e2e_ms": True, "decode_tps": False, "overall_tps": False}
+QUALITY_METRICS = {"ppl": True, "agree_greedy": False}
+DEFAULT_METRICS = ("tpot_ms", "ttft_ms", "e2e_ms")
+REGRESSIONS = ("slower", "worse")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    key: tuple[Any, ...]
+    metric: str
+    baseline: float | None
+    new: float | None
+    ratio: float | None  # new / baseline
+    p_value: float | None
+    verdict: str  # faster | slower | same | better | worse | missing | new | reference
+
+
+def config_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two rows the same measurement: backend, options, dtype, cell, model."""
+    options = row.get("options") or "{}"
+    if not isinstance(options, str):
+        options = json.dumps(options, sort_keys=True)
+    return (
+        row["backend"],
+        row.get("dtype", "fp32"),
+        options,
+        row["prompt_len"],
+        row["gen_len"],
+        row["batch_size"],
+        row.get("model"),
+        row.get("device", "cpu"),
+    )
+
+
+def _samples(doc: dict[str, Any]) -> dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, list[float]]]]:
+    out = {}
+    samples = doc.get("samples") or [{}] * len(doc["rows"])
+    for row, sample in zip(doc["rows"], samples, strict=False):
+        if row.get("status") == "ok":
+            out[config_key(row)] = (row, (sample or {}).get("per_run", {}))
+    return out
+
+
+def _values(row: dict[str, Any], per_run: dict[str, list[float]], metric: str) -> list[float]:
+    values = [v for v in per_run.get(metric, []) if v is not None and not math.isnan(v)]
+    if not values and row.get(f"{metric}_median") is not None:
+        values = [row[f"{metric}_median"]]
+    return values
+
+
+def _normalizer(table: dict, key: tuple[Any, ...], reference: str, metric: str) -> float | None:
+    ref_key = (reference, "fp32", "{}", *key[3:])  # the reference in its plain configuration
+    if ref_key not in table:
+        return None
+    row, per_run = table[ref_key]
+    values = _values(row, per_run, metric)
+    return float(np.median(values)) if values else None
+
+
+def compare(
+    baseline: dict[str, Any],
+    new: dict[str, Any],
+    metrics: tuple[str, ...] = DEFAULT_METRICS,
+    threshold: float = 0.10,
+    quality_threshold: float = 0.01,
+    alpha: float = 0.05,
+    normalize: str | None = None,
+) -> list[Verdict]:
+    from scipy.stats import mannwhitneyu
+
+    for metric in metrics:
+        if metric not in SPEED_METRICS:
+            raise UsageError(f"unknown metric '{metric}' (choose from: {', '.join(SPEED_METRICS)})")
+    base, cand = _samples(baseline), _samples(new)
+    verdicts: list[Verdict] = []
+    for key in list(base) + [k for k in cand if k not in base]:
+        if key not in cand or key not in base:
+            verdicts.append(Verdict(key, "-", None, None, None, None, "missing" if key not in cand else "new"))
+            continue
+        (b_row, b_runs), (n_row, n_runs) = base[key], cand[key]
+        if normalize and key[0] == normalize and key[1:3] == ("fp32", "{}"):
+            verdicts.append(Verdict(key, "-", None, None, None, None, "reference"))
+        else:
+            for metric in metrics:
+                b, n = _values(b_row, b_runs, metric), _values(n_row, n_runs, metric)
+                if normalize:
+                    b_ref, n_ref = _normalizer(base, key, normalize, metric), _normalizer(cand, key, normalize, metric)
+                    if not b_ref or not n_ref:
+                        verdicts.append(Verdict(key, metric, None, None, None, None, "missing"))
+                        continue
+                    b, n = [v / b_ref for v in b], [v / n_ref for v in n]
+                if not b or not n:
+                    continue
+                b_med, n_med = float(np.median(b)), float(np.median(n))
+                ratio = n_med / b_med if b_med else math.inf
+                p = float(mannwhitneyu(n, b, alternative="two-sided").pvalue) if len(b) > 1 and len(n) > 1 else None
+                significant = p is None or p < alpha
+                worse = ratio > 1 + threshold if SPEED_METRICS[metric] else ratio < 1 - threshold
+                better = ratio < 1 - threshold if SPEED_METRICS[metric] else ratio > 1 + threshold
+                verdict = "slower" if significant and worse else "faster" if significant and better else "same"
+                verdicts.append(Verdict(key, metric, b_med, n_med, ratio, p, verdict))
+        for metric, lower_better in QUALITY_METRICS.items():
+            b_val, n_val = b_row.get(metric), n_row.get(metric)
+            if b_val is None or n_val is None:
+                continue
+            ratio = n_val / b_val if b_val else math.inf
+            worse = ratio > 1 + quality_threshold if lower_better else ratio < 1 - quality_threshold
+            better = ratio < 1 - quality_threshold if lower_better else ratio > 1 + quality_threshold
+            verdicts.append(
+                Verdict(key, metric, b_val, n_val, ratio, None, "worse" if worse else "better" if better else "same")
+            )
+    return verdicts
+
+
+def _num(v: float | None, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}g}"
+
+
+def markdown(verdicts: list[Verdict], normalized_to: str | None) -> str:
+    unit = f" (normalized to {normalized_to})" if normalized_to else ""
+    lines = [
+        f"| backend | dtype | options | prompt | gen | batch | metric{unit} | baseline | new | ratio | p | verdict |",
+        "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for v in verdicts:
+        backend, dtype, options, prompt, gen, batch = v.key[:6]
+        mark = f"**{v.verdict}**" if v.verdict in (*REGRESSIONS, "missing") else v.verdict
+        lines.append(
+            f"| {backend} | {dtype} | {options} | {prompt} | {gen} | {batch} | {v.metric} | {_num(v.baseline)} | "
+            f"{_num(v.new)} | {_num(v.ratio)} | {_num(v.p_value, 2)} | {mark} |"
+        )
+    return "\n".join(lines)
+
+
+def load(folder: Path) -> dict[str, Any]:
+    return read_document(folder, ("backend", "prompt_len", "gen_len", "batch_size"))

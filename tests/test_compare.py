@@ -1,0 +1,104 @@
+"""compare on synthetic results: what is flagged, what is not, and exit codes."""
+
+import json
+
+import numpy as np
+
+from conftest import run_cli
+from gpt2bench.compare import compare
+
+TIGHT = [10.0, 10.1, 9.9, 10.05, 9.95, 10.02, 9.98]
+
+
+def doc(cells):
+    """cells: {(backend, prompt): tpot samples}; other metrics follow TPOT."""
+    rows, samples = [], []
+    for (backend, prompt), tpot in cells.items():
+        rows.append(
+            {
+                "backend": backend,
+                "dtype": "fp32",
+                "options": "{}",
+                "prompt_len": prompt,
+                "gen_len": 16,
+                "batch_size": 1,
+                "model": "random",
+                "device": "cpu",
+                "status": "ok",
+                "label": backend,
+                "tpot_ms_median": float(np.median(tpot)),
+                "ppl": 30.0,
+                "agree_greedy": 1.0,
+            }
+        )
+        samples.append(
+            {"per_run": {"tpot_ms": list(tpot), "e2e_ms": [16 * v for v in tpot], "ttft_ms": [v * 2 for v in tpot]}}
+        )
+    return {"schema_version": 1, "rows": rows, "samples": samples}
+
+
+def verdicts(base, new, **kw):
+    return {(v.key[0], v.key[3], v.metric): v.verdict for v in compare(doc(base), doc(new), **kw)}
+
+
+def test_a_tight_20_percent_slowdown_is_flagged():
+    out = verdicts({("onnx", 8): TIGHT}, {("onnx", 8): [v * 1.2 for v in TIGHT]})
+    assert out[("onnx", 8, "tpot_ms")] == "slower"
+
+
+def test_three_percent_noise_is_not():
+    rng = np.random.default_rng(0)
+    noisy = [v * 1.03 * (1 + rng.normal(0, 0.01)) for v in TIGHT]
+    assert verdicts({("onnx", 8): TIGHT}, {("onnx", 8): noisy})[("onnx", 8, "tpot_ms")] == "same"
+
+
+def test_a_large_change_in_noisy_samples_needs_significance():
+    base = [10, 30, 12, 28, 11]
+    assert verdicts({("onnx", 8): base}, {("onnx", 8): [13, 27, 15, 33, 12]})[("onnx", 8, "tpot_ms")] == "same"
+
+
+def test_faster_is_reported():
+    assert verdicts({("onnx", 8): TIGHT}, {("onnx", 8): [v * 0.7 for v in TIGHT]})[("onnx", 8, "tpot_ms")] == "faster"
+
+
+def test_missing_and_new_rows_are_reported_not_crashed_on():
+    out = verdicts({("onnx", 8): TIGHT, ("onnx", 32): TIGHT}, {("onnx", 8): TIGHT, ("hf-eager", 8): TIGHT})
+    assert out[("onnx", 32, "-")] == "missing" and out[("hf-eager", 8, "-")] == "new"
+
+
+def test_normalization_cancels_a_uniform_machine_slowdown():
+    base = {("hf-eager", 8): [4 * v for v in TIGHT], ("onnx", 8): TIGHT}
+    slow_machine = {k: [1.5 * v for v in vals] for k, vals in base.items()}
+    assert verdicts(base, slow_machine)[("onnx", 8, "tpot_ms")] == "slower"
+    normalized = verdicts(base, slow_machine, normalize="hf-eager")
+    assert normalized[("onnx", 8, "tpot_ms")] == "same" and normalized[("hf-eager", 8, "-")] == "reference"
+    # A real regression of onnx alone still shows through the normalization.
+    regressed = {**slow_machine, ("onnx", 8): [1.5 * 1.3 * v for v in TIGHT]}
+    assert verdicts(base, regressed, normalize="hf-eager")[("onnx", 8, "tpot_ms")] == "slower"
+
+
+def test_quality_regressions_count():
+    base, new = doc({("onnx-int8", 8): TIGHT}), doc({("onnx-int8", 8): TIGHT})
+    new["rows"][0]["ppl"] = 31.0  # +3.3% perplexity
+    new["rows"][0]["agree_greedy"] = 0.9
+    out = {v.metric: v.verdict for v in compare(base, new)}
+    assert out["ppl"] == "worse" and out["agree_greedy"] == "worse" and out["tpot_ms"] == "same"
+
+
+def test_exit_codes(tmp_path):
+    for name, data in {
+        "base": doc({("onnx", 8): TIGHT}),
+        "same": doc({("onnx", 8): TIGHT}),
+        "slow": doc({("onnx", 8): [v * 1.2 for v in TIGHT]}),
+    }.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(data))
+    same = run_cli("compare", str(tmp_path / "base"), str(tmp_path / "same"))
+    assert same.returncode == 0, same.stderr
+    assert "| onnx | fp32 |" in same.stdout and "0 regression(s)" in same.stdout
+    slow = run_cli("compare", str(tmp_path / "base"), str(tmp_path / "slow"))
+    assert slow.returncode == 1 and "**slower**" in slow.stdout
+    bad = run_cli("compare", str(tmp_path / "base"), str(tmp_path / "nowhere"))
+    assert bad.returncode == 1 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+    unknown = run_cli("compare", str(tmp_path / "base"), str(tmp_path / "same"), "--metric", "speed")
+    assert unknown.returncode == 2 and "unknown metric 'speed'" in unknown.stderr
