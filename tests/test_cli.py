@@ -154,6 +154,8 @@ def test_run_end_to_end_writes_results(tmp_path, tiny_model, tiny_model_dir):
     assert row["model_hash"] == tiny_model.weights_hash
     assert int(row["tokens_per_run"]) == 2 * 5 and row["threads"] == "1"
     assert float(row["ttft_ms_median"]) <= float(row["e2e_ms_median"])
+    assert float(row["decode_gbs"]) > 0 and float(row["prefill_gflops"]) > 0
+    assert int(float(row["weight_bytes_per_token"])) % 2 == 0  # fp16 weights: 2 bytes per parameter
     doc = json.loads((run_dir / "results.json").read_text())
     env = doc["environment"]
     assert env["packages"]["torch"].startswith("2.13") and env["torch"]["num_threads"] == 1

@@ -251,6 +251,41 @@ def compare(
         raise typer.Exit(1)
 
 
+@app.command()
+def env(
+    threads: Annotated[
+        int | None, typer.Option(help="Threads for the microbenchmarks (default: cores available).")
+    ] = None,
+    refresh: Annotated[bool, typer.Option(help="Measure the roofs again instead of using the cache.")] = False,
+) -> None:
+    """Machine report (CPU, cores, memory, GPU, library versions) and its measured roofs."""
+    import torch  # the report includes torch's view of the machine, and the roofs need it
+
+    from gpt2bench.roofline import machine_roofs
+    from gpt2bench.specs import default_threads
+    from gpt2bench.sysinfo import environment
+
+    threads = threads or default_threads()
+    torch.set_num_threads(threads)
+    info = environment()
+    roofs = machine_roofs(threads, refresh)
+    print(f"cpu          {info['cpu_model']}")
+    print(f"cores        {info['cpu_count_logical']} logical, {info['cpu_affinity']} available to this process")
+    print(f"memory       {info['memory_total_gb']:.1f} GiB")
+    print(f"gpu          {info['torch'].get('cuda_device', 'none')}")
+    print(
+        f"threads      {threads} (torch intra-op {info['torch']['num_threads']}, inter-op "
+        f"{info['torch']['num_interop_threads']})"
+    )
+    print(f"bandwidth    {roofs['read_bandwidth_gbs']:.1f} GB/s read (best of fp32/bf16 sum, amax, dot; cached)")
+    print(f"peak matmul  {roofs['peak_gflops']:.1f} GFLOP/s fp32 (2048x2048 mm; cached)")
+    print(f"python       {info['python']} on {info['platform']}")
+    dirty = " (dirty)" if info["git"]["dirty"] else ""
+    print(f"gpt2bench    {info['gpt2bench_version']} at {info['git']['commit']}{dirty}")
+    for name, version in info["packages"].items():
+        print(f"  {name:<15}{version or '-'}")
+
+
 @app.command("make-tiny")
 def make_tiny(
     steps: Annotated[int, typer.Option(help="Training steps (2 x 512 tokens each).")] = 120,

@@ -77,7 +77,17 @@ QUALITY_COLUMNS = [
     "agree_max_abs_logit",
     "quality_s",
 ]
-COLUMNS = IDENTITY_COLUMNS + MEASURE_COLUMNS + QUALITY_COLUMNS
+# See roofline.py: weight bytes read per decoded token, achieved GB/s, share of the measured read
+# bandwidth; prefill GFLOP, achieved GFLOP/s, share of the measured peak matmul rate.
+ROOFLINE_COLUMNS = [
+    "weight_bytes_per_token",
+    "decode_gbs",
+    "decode_bw_frac",
+    "prefill_gflop",
+    "prefill_gflops",
+    "prefill_peak_frac",
+]
+COLUMNS = IDENTITY_COLUMNS + MEASURE_COLUMNS + QUALITY_COLUMNS + ROOFLINE_COLUMNS
 
 
 def new_run_id(label: str) -> str:

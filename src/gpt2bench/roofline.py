@@ -11,6 +11,8 @@ from gpt2bench.fsutil import atomic_write_text
 from gpt2bench.paths import cache_dir
 
 BYTES_PER_PARAM = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
+# Backends whose weights are stored narrower than their activation dtype says.
+BACKEND_WEIGHT_BYTES = {"hf-fp16-dynq": 2, "hf-int8-dynq": 1, "onnx-int8": 1}
 
 
 def decode_weight_bytes(config: dict[str, Any], bytes_per_param: float) -> float:
@@ -22,6 +24,60 @@ def decode_weight_bytes(config: dict[str, Any], bytes_per_param: float) -> float
     mlp = width * inner + inner + inner * width + width
     norms = 2 * 2 * width
     return (layers * (attention + mlp + norms) + 2 * width + vocab * width) * bytes_per_param
+
+
+def param_count(config: dict[str, Any]) -> tuple[int, int]:
+    """(matmul parameters per token, embedding-table parameters) of GPT-2: the first is what a
+    forward pass multiplies each token by (blocks + lm_head), for FLOP counting."""
+    width, layers, vocab = config["n_embd"], config["n_layer"], config["vocab_size"]
+    inner = config.get("n_inner") or 4 * width
+    per_layer = width * 3 * width + width * width + 2 * width * inner
+    return layers * per_layer + vocab * width, vocab * width
+
+
+def prefill_flops(config: dict[str, Any], batch: int, prompt: int) -> float:
+    """Multiply-adds x 2 of a prefill: every weight matrix once per token, plus causal attention
+    (QK^T and AV over on average (prompt+1)/2 keys per query)."""
+    matmul_params, _ = param_count(config)
+    attention = 2 * 2 * config["n_layer"] * config["n_embd"] * prompt * (prompt + 1) / 2
+    return batch * (2 * matmul_params * prompt + attention)
+
+
+def roofline_columns(
+    row: dict[str, Any], config: dict[str, Any], bandwidth_gbs: float | None, peak_gflops: float | None
+) -> dict[str, float | None]:
+    """Per-row roofline figures. Decode at batch B still reads every weight once per step, so
+    achieved bandwidth = weight bytes / TPOT; prefill efficiency = FLOPs / TTFT against peak."""
+    bytes_per_param = BACKEND_WEIGHT_BYTES.get(row["backend"], BYTES_PER_PARAM.get(row["dtype"], 4))
+    weight_bytes = decode_weight_bytes(config, bytes_per_param)
+    tpot_s = (row.get("tpot_ms_median") or float("nan")) / 1e3
+    ttft_s = (row.get("ttft_ms_median") or float("nan")) / 1e3
+    achieved = weight_bytes / tpot_s / 1e9 if tpot_s > 0 else None
+    flops = prefill_flops(config, row["batch_size"], row["prompt_len"])
+    gflops = flops / ttft_s / 1e9 if ttft_s > 0 else None
+    return {
+        "weight_bytes_per_token": weight_bytes,
+        "decode_gbs": achieved,
+        "decode_bw_frac": achieved / bandwidth_gbs if achieved and bandwidth_gbs else None,
+        "prefill_gflop": flops / 1e9,
+        "prefill_gflops": gflops,
+        "prefill_peak_frac": gflops / peak_gflops if gflops and peak_gflops else None,
+    }
+
+
+def measure_peak_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of the best fp32 square matmul: the compute roof for prefill."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)  # warm up the BLAS
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9
 
 
 def measure_read_bandwidth(threads: int, size_mb: int = 512, repeats: int = 7) -> float:
@@ -45,15 +101,23 @@ def measure_read_bandwidth(threads: int, size_mb: int = 512, repeats: int = 7) -
     return n_bytes / best / 1e9
 
 
-def read_bandwidth(threads: int, refresh: bool = False) -> float:
-    """measure_read_bandwidth, cached per thread count in <cache>/machine.json."""
+def machine_roofs(threads: int, refresh: bool = False) -> dict[str, float]:
+    """Read bandwidth (GB/s) and peak fp32 matmul (GFLOP/s) at `threads`, measured once and cached
+    in <cache>/machine.json (a few seconds the first time)."""
     path = cache_dir() / "machine.json"
     try:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
         cached = {}
-    key = f"read_bandwidth_gbs_threads{threads}_v2"  # v2: best of several kernels
+    key = f"threads{threads}_v2"
     if refresh or key not in cached:
-        cached[key] = measure_read_bandwidth(threads)
+        cached[key] = {
+            "read_bandwidth_gbs": measure_read_bandwidth(threads),
+            "peak_gflops": measure_peak_gflops(threads),
+        }
         atomic_write_text(path, json.dumps(cached, indent=1))
-    return float(cached[key])
+    return dict(cached[key])
+
+
+def read_bandwidth(threads: int, refresh: bool = False) -> float:
+    return machine_roofs(threads, refresh)["read_bandwidth_gbs"]

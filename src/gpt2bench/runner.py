@@ -132,6 +132,7 @@ def measure_cell(
         **m.setup_phases,
         **m.device_memory,
     }
+    row.update(_roofline(row, model, spec.device, spec.threads))
     first = m.generations[0].tokens[0]
     sample_text = tokenizer.decode(first.tolist())
     samples = {
@@ -158,6 +159,14 @@ def run_cell(
         return measure_cell(session, spec, run_id, on_step=on_step)
     finally:
         session.close()
+
+
+def _roofline(row: dict[str, Any], model: Any, device: str, threads: int) -> dict[str, Any]:
+    """Roofline columns; the machine's roofs are CPU microbenchmarks, so GPU rows get none."""
+    from gpt2bench.roofline import machine_roofs, roofline_columns
+
+    roofs = machine_roofs(threads) if device == "cpu" else {}
+    return roofline_columns(row, model.config(), roofs.get("read_bandwidth_gbs"), roofs.get("peak_gflops"))
 
 
 def _quality(

@@ -80,6 +80,14 @@ def print_summary(
     ]
     extra = {k: v for k, v in row.items() if k not in COLUMNS}  # backend phases, device memory
     facts += [f"{k} {_fmt(v)}" for k, v in extra.items()]
+    if row.get("decode_gbs") is not None:
+        frac = row.get("decode_bw_frac")
+        peak = row.get("prefill_peak_frac")
+        facts.append(
+            f"roofline: decode reads {row['weight_bytes_per_token'] / 1e6:.0f} MB of weights per step, "
+            f"{row['decode_gbs']:.1f} GB/s ({_fmt((frac or 0) * 100, 0)}% of measured bandwidth); prefill "
+            f"{row['prefill_gflops']:.1f} GFLOP/s ({_fmt((peak or 0) * 100, 0)}% of peak matmul)"
+        )
     if details:
         facts.append("backend: " + ", ".join(f"{k}={v}" for k, v in details.items()))
     console.print("  ".join(facts[:2]))

@@ -1,0 +1,64 @@
+import pytest
+
+from gpt2bench import roofline
+from gpt2bench.roofline import decode_weight_bytes, machine_roofs, param_count, prefill_flops, roofline_columns
+
+
+def test_decode_bytes_are_every_parameter_but_the_position_table(tiny_model):
+    from transformers import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(tiny_model.path)
+    config = tiny_model.config()
+    params = sum(p.numel() for p in model.parameters())  # the tied lm_head counts once
+    wpe = model.transformer.wpe.weight.numel()
+    assert decode_weight_bytes(config, 4) == 4 * (params - wpe)
+    assert decode_weight_bytes(config, 1) == params - wpe
+
+
+def test_gpt2_124m_reads_about_half_a_gigabyte_per_token():
+    config = {"n_embd": 768, "n_layer": 12, "vocab_size": 50257}
+    assert decode_weight_bytes(config, 4) == pytest.approx(4 * (124_439_808 - 1024 * 768))
+
+
+def test_roofline_columns_on_a_hand_made_row():
+    config = {"n_embd": 2, "n_layer": 1, "vocab_size": 3}
+    # params: attention 2*6+6+2*2+2 = 24, mlp 2*8+8+8*2+2 = 42, two LayerNorms 8, ln_f 4, wte 6 -> 84
+    assert decode_weight_bytes(config, 4) == 336
+    matmul_params, embedding = param_count(config)
+    assert (matmul_params, embedding) == (2 * 6 + 4 + 2 * 16 + 6, 6)
+    row = {
+        "backend": "hf-eager",
+        "dtype": "fp32",
+        "tpot_ms_median": 10.0,
+        "ttft_ms_median": 2.0,
+        "batch_size": 2,
+        "prompt_len": 3,
+    }
+    cols = roofline_columns(row, config, bandwidth_gbs=1e-4, peak_gflops=1e-4)
+    assert cols["weight_bytes_per_token"] == 336
+    assert cols["decode_gbs"] == pytest.approx(336 / 0.010 / 1e9)
+    assert cols["decode_bw_frac"] == pytest.approx(336 / 0.010 / 1e9 / 1e-4)
+    flops = 2 * (2 * 54 * 3 + 2 * 2 * 1 * 2 * 3 * 4 / 2)  # batch 2: matmuls + causal attention
+    assert prefill_flops(config, 2, 3) == pytest.approx(flops)
+    assert cols["prefill_gflops"] == pytest.approx(flops / 0.002 / 1e9)
+    int8 = roofline_columns({**row, "backend": "onnx-int8"}, config, None, None)
+    assert int8["weight_bytes_per_token"] == 84 and int8["decode_bw_frac"] is None
+
+
+def test_microbenchmarks_are_positive_and_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("GPT2BENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(roofline, "measure_read_bandwidth", lambda threads: 12.5)
+    monkeypatch.setattr(roofline, "measure_peak_gflops", lambda threads: 80.0)
+    assert machine_roofs(1) == {"read_bandwidth_gbs": 12.5, "peak_gflops": 80.0}
+
+    def fail(threads):
+        raise AssertionError("measured again instead of using the cache")
+
+    monkeypatch.setattr(roofline, "measure_read_bandwidth", fail)
+    monkeypatch.setattr(roofline, "measure_peak_gflops", fail)
+    assert machine_roofs(1)["read_bandwidth_gbs"] == 12.5
+
+
+def test_real_microbenchmarks_return_positive_numbers():
+    assert roofline.measure_read_bandwidth(1, size_mb=32, repeats=2) > 0
+    assert roofline.measure_peak_gflops(1, size=256, repeats=2) > 0
