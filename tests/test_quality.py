@@ -10,6 +10,7 @@ from gpt2bench.quality import (
     QualitySettings,
     agreement,
     evaluate,
+    nll_from_logits,
     perplexity,
     reference,
     token_byte_lengths,
@@ -31,12 +32,14 @@ def test_uniform_logits_give_vocab_size_perplexity_and_exact_bits_per_byte():
     vocab = 8
     ids = np.arange(10) % vocab
     token_bytes = np.full(vocab, 2)  # every token is 2 bytes
-    result = perplexity(lambda x: np.zeros((1, x.shape[1], vocab)), ids, token_bytes, window=4)
+    result = perplexity(nll_from_logits(lambda x: np.zeros((1, x.shape[1], vocab))), ids, token_bytes, window=4)
     assert result.tokens_scored == 7 and result.windows == 3 and result.bytes_scored == 14
     assert result.ppl == pytest.approx(vocab)
     assert result.nll_sum == pytest.approx(7 * math.log(vocab))
     assert result.bits_per_byte == pytest.approx(3 / 2)  # log2(8) bits per 2-byte token
-    capped = perplexity(lambda x: np.zeros((1, x.shape[1], vocab)), ids, token_bytes, window=4, max_windows=2)
+    capped = perplexity(
+        nll_from_logits(lambda x: np.zeros((1, x.shape[1], vocab))), ids, token_bytes, window=4, max_windows=2
+    )
     assert capped.windows == 2 and capped.tokens_scored == 6
 
 
@@ -52,7 +55,7 @@ def test_a_perfect_predictor_has_perplexity_one():
                 out[0, i, ids[start + i + 1]] = 0.0
         return out
 
-    assert perplexity(oracle, ids, np.ones(7, dtype=int), window=4, stride=2).ppl == pytest.approx(1.0)
+    assert perplexity(nll_from_logits(oracle), ids, np.ones(7, dtype=int), window=4, stride=2).ppl == pytest.approx(1.0)
 
 
 def test_token_byte_lengths_add_up_to_the_utf8_length(tokenizer):

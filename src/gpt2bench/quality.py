@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from gpt2bench.models import ModelRef
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]  # [1, seq] ids -> [1, seq, vocab] logits
+NllFn = Callable[[np.ndarray], np.ndarray]  # [1, seq] ids -> [seq - 1] NLL of ids[1:]
 LN2 = math.log(2)
 
 
@@ -96,8 +97,12 @@ class Perplexity:
         return self.nll_sum / LN2 / self.bytes_scored
 
 
+def nll_from_logits(logits_fn: LogitsFn) -> NllFn:
+    return lambda window: token_nll(logits_fn(window)[0, :-1], window[0, 1:])
+
+
 def perplexity(
-    logits_fn: LogitsFn,
+    nll_fn: NllFn,
     ids: np.ndarray,
     token_bytes: np.ndarray,
     window: int,
@@ -105,16 +110,14 @@ def perplexity(
     max_windows: int | None = None,
 ) -> Perplexity:
     """Token-level perplexity of the 1-D id stream `ids`; `token_bytes[id]` is the UTF-8 length of
-    a token, for bits per byte."""
+    a token, for bits per byte. `nll_fn` scores one window (see Backend.token_nll)."""
     stride = stride or window
     nll_sum, tokens, n_bytes, count = 0.0, 0, 0, 0
     for begin, end, n_targets in windows(len(ids), window, stride):
         if max_windows is not None and count == max_windows:
             break
-        logits = logits_fn(ids[None, begin:end])[0]
         targets = ids[end - n_targets : end]
-        # Logits at position i predict token i+1.
-        nll_sum += float(token_nll(logits[-n_targets - 1 : -1], targets).sum())
+        nll_sum += float(nll_fn(ids[None, begin:end])[-n_targets:].sum())
         tokens += n_targets
         n_bytes += int(token_bytes[targets].sum())
         count += 1
@@ -277,7 +280,9 @@ def evaluate(backend: Backend, model: ModelRef, tokenizer: Tokenizer, settings: 
     """Perplexity and agreement of a loaded backend, through its own generate and logits paths."""
     window = settings.window_for(int(model.config().get("n_positions", 1024)))
     ids = eval_ids(tokenizer, settings, window)
-    ppl = perplexity(backend.logits, ids, token_byte_lengths(tokenizer), window, settings.stride, settings.max_windows)
+    ppl = perplexity(
+        backend.token_nll, ids, token_byte_lengths(tokenizer), window, settings.stride, settings.max_windows
+    )
     ref_tokens, ref_logits, cached = reference(model, tokenizer, settings)
     prompts = agreement_prompts(tokenizer, settings)
     tokens = greedy_continuations(backend, prompts, settings.agreement_gen_len)

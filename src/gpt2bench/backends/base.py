@@ -63,6 +63,13 @@ class Backend(ABC):
     def logits(self, input_ids: np.ndarray) -> np.ndarray:
         """Float32 [batch, seq, vocab] logits of one forward pass, with the generation numerics."""
 
+    def token_nll(self, input_ids: np.ndarray) -> np.ndarray:
+        """[1, T] ids -> [T-1] negative log-likelihoods (nats) of ids[1:], each given the tokens
+        before it, for perplexity. From `logits` unless a backend has an exact cheaper path."""
+        from gpt2bench.quality import token_nll
+
+        return token_nll(self.logits(input_ids)[0, :-1], input_ids[0, 1:])
+
     def synchronize(self) -> None:
         """Wait for queued device work; the harness calls it before every clock read."""
 
@@ -90,6 +97,7 @@ class BackendInfo:
     devices: tuple[str, ...] = ("cpu",)
     dtypes: tuple[str, ...] = ("fp32",)
     options: tuple[str, ...] = ()  # the --option keys this backend understands
+    imports: tuple[str, ...] = ()  # heavy modules its load needs (for cold-start timing)
 
     def missing(self) -> tuple[str, str] | None:
         """The first (module, extra) that is not installed, without importing anything."""
@@ -120,12 +128,13 @@ def register(
     devices: tuple[str, ...] = ("cpu",),
     dtypes: tuple[str, ...] = ("fp32",),
     options: tuple[str, ...] = (),
+    imports: tuple[str, ...] = (),
 ) -> Callable[[type[Backend]], type[Backend]]:
     def decorate(cls: type[Backend]) -> type[Backend]:
         if name in REGISTRY:
             raise ValueError(f"backend '{name}' registered twice")
         cls.name = name
-        REGISTRY[name] = BackendInfo(name, cls, description, requires, devices, dtypes, options)
+        REGISTRY[name] = BackendInfo(name, cls, description, requires, devices, dtypes, options, imports)
         return cls
 
     return decorate

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 @register(
     "hf-eager",
+    imports=("torch", "transformers"),
     description="transformers GPT2LMHeadModel, eager PyTorch with its KV cache",
     devices=("cpu", "cuda"),
     dtypes=("fp32", "bf16", "fp16"),
@@ -153,11 +154,19 @@ class _DynamicQuant(HFEager):
         return {"conv1d_converted": self.converted, **self.counts}
 
 
-@register("hf-fp16-dynq", description="hf-eager with every linear layer dynamically quantized to fp16 weights")
+@register(
+    "hf-fp16-dynq",
+    imports=("torch", "transformers"),
+    description="hf-eager with every linear layer dynamically quantized to fp16 weights",
+)
 class HFFp16DynQuant(_DynamicQuant):
     quant_dtype = "float16"
 
 
-@register("hf-int8-dynq", description="hf-eager with every linear layer dynamically quantized to qint8")
+@register(
+    "hf-int8-dynq",
+    imports=("torch", "transformers"),
+    description="hf-eager with every linear layer dynamically quantized to qint8",
+)
 class HFInt8DynQuant(_DynamicQuant):
     quant_dtype = "qint8"

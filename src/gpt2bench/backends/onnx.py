@@ -152,6 +152,7 @@ class _OrtBackend(Backend):
 
 @register(
     "onnx",
+    imports=("onnxruntime", "onnx"),
     description="ONNX Runtime, our GPT-2 export with past key/values",
     requires=REQUIRES,
     devices=("cpu", "cuda"),
@@ -163,6 +164,7 @@ class OnnxBackend(_OrtBackend):
 
 @register(
     "onnx-opt",
+    imports=("onnxruntime", "onnx"),
     description="onnx after onnxruntime's GPT-2 fusions (LayerNorm, Gelu, ...)",
     requires=REQUIRES,
     devices=("cpu", "cuda"),
@@ -174,6 +176,7 @@ class OnnxOptBackend(_OrtBackend):
 
 @register(
     "onnx-int8",
+    imports=("onnxruntime", "onnx"),
     description="onnx-opt with dynamic int8 weights (onnxruntime.quantization)",
     requires=REQUIRES,
     devices=("cpu",),

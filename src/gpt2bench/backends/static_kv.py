@@ -32,6 +32,14 @@ if TYPE_CHECKING:
 CACHE_ROUND = 64  # cache length rounded up, so nearby cells share a compiled graph
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEFAULT_MODE = {"cpu": "max-autotune-no-cudagraphs", "cuda": "reduce-overhead"}
+# torch.compile takes a mode or an options dict, not both; on the CPU we need options (freezing),
+# so each mode is spelled out as the inductor settings it stands for.
+MODE_OPTIONS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "reduce-overhead": {"triton.cudagraphs": True},
+    "max-autotune": {"max_autotune": True, "triton.cudagraphs": True},
+    "max-autotune-no-cudagraphs": {"max_autotune": True, "triton.cudagraphs": False},
+}
 
 
 def next_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
@@ -101,17 +109,25 @@ class _StaticKV(Backend):
             return
         torch._dynamo.reset()  # new cache buffers: start from clean graphs rather than pile up guards
         if self.device.type == "cpu":
-            # Freezing folds the weights into the graph as constants, which lets inductor prepack
-            # them for the CPU GEMM kernels: measured here, fp32 TPOT ~30 ms -> 12-19 ms.
-            torch._inductor.config.freezing = True
-        # max-autotune prints every GEMM candidate's timing to stderr; the choice is not our output.
-        torch._inductor.config.autotune_num_choices_displayed = 0
-        torch._inductor.config.max_autotune_report_choices_stats = False
-        self._decode = torch.compile(decode_step, mode=self.mode, fullgraph=True, dynamic=False)
+            # Inductor settings go per compile (not into the global config) so they cannot leak into
+            # other compiled code in the process. Freezing folds the weights into the graph as
+            # constants, which lets inductor prepack them for its CPU GEMM kernels: measured here,
+            # fp32 TPOT ~30 ms -> 12-19 ms. The autotune report (every GEMM candidate's timing on
+            # stderr) is not our output.
+            options = {
+                **MODE_OPTIONS[self.mode],
+                "freezing": True,
+                "autotune_num_choices_displayed": 0,
+                "max_autotune_report_choices_stats": False,
+            }
+            self._decode = torch.compile(decode_step, options=options, fullgraph=True, dynamic=False)
+        else:
+            self._decode = torch.compile(decode_step, mode=self.mode, fullgraph=True, dynamic=False)
         # Prefill and full logits see a new length per cell: dynamic shapes, default mode (CUDA
         # graphs of every prompt length would cost memory for one call each).
-        self._prefill = torch.compile(prefill_step, fullgraph=True, dynamic=True)
-        self._full = torch.compile(full_logits, fullgraph=True, dynamic=True)
+        dynamic_options = {"freezing": True} if self.device.type == "cpu" else None
+        self._prefill = torch.compile(prefill_step, fullgraph=True, dynamic=True, options=dynamic_options)
+        self._full = torch.compile(full_logits, fullgraph=True, dynamic=True, options=dynamic_options)
 
     def _ensure_cache(self, batch: int, length: int) -> None:
         max_len = min(self.model.cfg.n_positions, -(-length // CACHE_ROUND) * CACHE_ROUND)
@@ -200,6 +216,7 @@ class _StaticKV(Backend):
 
 @register(
     "static-kv",
+    imports=("torch", "safetensors"),
     description="our GPT-2, static KV cache, torch.compile (CUDA graphs on GPU)",
     devices=("cpu", "cuda"),
     dtypes=("fp32", "bf16", "fp16"),
@@ -211,6 +228,7 @@ class StaticKVCompiled(_StaticKV):
 
 @register(
     "static-kv-eager",
+    imports=("torch", "safetensors"),
     description="static-kv without torch.compile (the same model, eager PyTorch)",
     devices=("cpu", "cuda"),
     dtypes=("fp32", "bf16", "fp16"),

