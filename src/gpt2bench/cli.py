@@ -286,6 +286,98 @@ def env(
         print(f"  {name:<15}{version or '-'}")
 
 
+@app.command()
+def coldstart(
+    backend: Annotated[str, typer.Option("--backend", "-b", help="Backend name.")],
+    model: Annotated[str | None, typer.Option(help="As for run.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads.")] = None,
+    prompt_len: Annotated[int, typer.Option(help="Prompt length for the first token.")] = 8,
+    repeats: Annotated[int, typer.Option(help="Fresh processes to start.")] = 3,
+) -> None:
+    """Time from a fresh process's start to its first token: interpreter, imports, load, first token."""
+    import statistics
+
+    from gpt2bench.coldstart import PARTS, measure
+    from gpt2bench.specs import RunSpec, default_threads
+
+    threads = threads or default_threads()
+    RunSpec(
+        backend=backend, prompt_len=prompt_len, gen_len=1, device=device, dtype=dtype, threads=threads, repeats=repeats
+    ).validate()
+    runs = [measure(backend, model, device, dtype, threads, prompt_len) for _ in range(repeats)]
+    print(
+        f"cold start of {backend} ({device}/{dtype}, {threads} threads), {repeats} fresh processes; "
+        "load includes export/compile unless cached"
+    )
+    print(f"{'part':<16}{'median s':>10}{'min s':>10}{'max s':>10}")
+    for part in (*PARTS, "total_s"):
+        values = [getattr(r, part) for r in runs]
+        print(f"{part:<16}{statistics.median(values):>10.3f}{min(values):>10.3f}{max(values):>10.3f}")
+
+
+@app.command()
+def profile(
+    backend: Annotated[str, typer.Option("--backend", "-b", help="Backend name.")],
+    prompt_len: Annotated[int, typer.Option(help="Prompt length in tokens.")] = 50,
+    gen_len: Annotated[int, typer.Option(help="Tokens to generate.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Sequences per generation.")] = 1,
+    model: Annotated[str | None, typer.Option(help="As for run.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
+    option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Backend option key=value.")] = None,
+    output: Annotated[Path, typer.Option(help="Writes <output>/<profile-id>/.")] = Path("results"),
+) -> None:
+    """Profile one generation (after set-up and a warm-up): pyinstrument HTML and text, plus the
+    backend's own trace where it has one (torch profiler, ONNX Runtime profiling)."""
+    from pyinstrument import Profiler
+
+    from gpt2bench.prompts import make_prompts
+    from gpt2bench.results import new_run_id
+    from gpt2bench.runner import open_session, prepare_output
+    from gpt2bench.specs import RunSpec, Sampling, default_threads
+
+    spec = RunSpec(
+        backend=backend,
+        prompt_len=prompt_len,
+        gen_len=gen_len,
+        batch_size=batch_size,
+        model=model,
+        threads=threads or default_threads(),
+        device=device,
+        dtype=dtype,
+        options=_parse_options(option or []),
+    )
+    spec.validate()
+    prepare_output(output)
+    session = open_session(spec, _warn)
+    try:
+        ids = make_prompts(session.tokenizer, prompt_len, batch_size).input_ids
+        session.backend.setup(batch_size, prompt_len, gen_len, Sampling())
+
+        def generation() -> None:
+            for _ in session.backend.generate(ids, gen_len, Sampling()):
+                pass
+            session.backend.synchronize()
+
+        generation()  # warm-up: the profile shows the steady state, not first-call costs
+        out = output / new_run_id(f"profile-{backend}")
+        out.mkdir(parents=True)
+        profiler = Profiler(interval=0.0005)
+        profiler.start()
+        generation()
+        profiler.stop()
+        (out / "profile.html").write_text(profiler.output_html())
+        (out / "profile.txt").write_text(profiler.output_text(unicode=True, color=False))
+        trace = session.backend.trace(generation, out)
+    finally:
+        session.close()
+    for path in [out / "profile.html", out / "profile.txt", *([trace] if trace else [])]:
+        print(path)
+
+
 @app.command("make-tiny")
 def make_tiny(
     steps: Annotated[int, typer.Option(help="Training steps (2 x 512 tokens each).")] = 120,

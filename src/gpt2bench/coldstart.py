@@ -22,18 +22,20 @@ class ColdStart:
     imports_s: float
     load_s: float
     first_token_s: float
+    process_s: float = float("nan")  # spawn to the child's exit, measured by the parent alone
 
     @property
     def total_s(self) -> float:
         return self.interpreter_s + self.imports_s + self.load_s + self.first_token_s
 
 
-def parts(spawn: float, stamps: dict[str, float]) -> ColdStart:
+def parts(spawn: float, stamps: dict[str, float], exited: float = float("nan")) -> ColdStart:
     return ColdStart(
         stamps["main"] - spawn,
         stamps["imported"] - stamps["main"],
         stamps["loaded"] - stamps["imported"],
         stamps["first_token"] - stamps["loaded"],
+        exited - spawn,
     )
 
 
@@ -51,10 +53,11 @@ def measure(backend: str, model: str | None, device: str, dtype: str, threads: i
     ]
     spawn = time.monotonic()
     proc = subprocess.run(args, capture_output=True, text=True)
+    exited = time.monotonic()
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
         raise BenchError(f"cold-start child failed: {lines[-1] if lines else proc.returncode}")
-    return parts(spawn, json.loads(proc.stdout.strip().splitlines()[-1]))
+    return parts(spawn, json.loads(proc.stdout.strip().splitlines()[-1]), exited)
 
 
 def child(argv: list[str]) -> None:

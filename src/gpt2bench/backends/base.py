@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from gpt2bench.errors import MissingExtraError, UsageError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy as np
 
     from gpt2bench.models import ModelRef
@@ -69,6 +71,11 @@ class Backend(ABC):
         from gpt2bench.quality import token_nll
 
         return token_nll(self.logits(input_ids)[0, :-1], input_ids[0, 1:])
+
+    def trace(self, run: Callable[[], None], out_dir: Path) -> Path | None:
+        """Run `run` under this backend's own profiler and write its trace into out_dir (torch
+        profiler Chrome trace, ONNX Runtime profiling JSON...); None when there is none."""
+        return None
 
     def synchronize(self) -> None:
         """Wait for queued device work; the harness calls it before every clock read."""

@@ -7,13 +7,14 @@ moment it exists, EOS never stops generation, and nothing re-tokenizes text.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gpt2bench.backends.base import Backend, BackendSettings, register
-from gpt2bench.backends.torch_common import make_generator, select_next, torch_device, torch_dtype
+from gpt2bench.backends.torch_common import make_generator, select_next, torch_device, torch_dtype, torch_trace
 from gpt2bench.errors import UsageError
 
 if TYPE_CHECKING:
@@ -68,6 +69,9 @@ class HFEager(Backend):
         with torch.inference_mode():
             out = self.model(input_ids=torch.from_numpy(input_ids).to(self.device), use_cache=False)
             return out.logits.float().cpu().numpy()
+
+    def trace(self, run: Callable[[], None], out_dir: Path) -> Path | None:
+        return torch_trace(run, out_dir, self.device.type == "cuda")
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":

@@ -9,7 +9,8 @@ only add copies, so plain `run` is used.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -86,6 +87,7 @@ class _OrtBackend(Backend):
             )
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.cuda else ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(self.artifact.path), options, providers=providers)
+        self._session_args = (options, providers)
         config = model.config()
         self.n_layer = int(config["n_layer"])
         self.n_head = int(config["n_head"])
@@ -139,6 +141,31 @@ class _OrtBackend(Backend):
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         logits, _ = self._run(ids, 0, self._empty_past(ids.shape[0]))
         return logits.astype(np.float32, copy=False)
+
+    def trace(self, run: Callable[[], None], out_dir: Path) -> Path | None:
+        """ONNX Runtime's own profiler (per-node timings, JSON in Chrome trace format). It is a
+        session option, so `run` goes through a second, profiling session."""
+        options, providers = self._session_args
+        profiled = self._ort.SessionOptions()
+        for name in (
+            "intra_op_num_threads",
+            "inter_op_num_threads",
+            "execution_mode",
+            "graph_optimization_level",
+            "log_severity_level",
+        ):
+            setattr(profiled, name, getattr(options, name))
+        profiled.enable_profiling = True
+        profiled.profile_file_prefix = str(out_dir / "ort_profile")
+        plain, self.session = (
+            self.session,
+            self._ort.InferenceSession(str(self.artifact.path), profiled, providers=providers),
+        )
+        try:
+            run()
+            return Path(self.session.end_profiling())
+        finally:
+            self.session = plain
 
     def describe(self) -> dict[str, Any]:
         info = dict(self.artifact.manifest.get("info", {}))

@@ -14,13 +14,14 @@ of each step's ids to the host, which the harness needs to timestamp tokens.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from gpt2bench.backends.base import Backend, BackendSettings, register
-from gpt2bench.backends.torch_common import torch_device, torch_dtype
+from gpt2bench.backends.torch_common import torch_device, torch_dtype, torch_trace
 from gpt2bench.errors import UsageError
 
 if TYPE_CHECKING:
@@ -182,6 +183,9 @@ class _StaticKV(Backend):
 
     def cache_tensors(self) -> list[torch.Tensor]:
         return [t for block in self.model.h for t in (block.attn.kv_cache.k, block.attn.kv_cache.v)]
+
+    def trace(self, run: Callable[[], None], out_dir: Path) -> Path | None:
+        return torch_trace(run, out_dir, self.device.type == "cuda")
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":

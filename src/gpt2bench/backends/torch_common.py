@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gpt2bench.errors import BenchError
@@ -58,3 +60,15 @@ def select_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Gener
         scores = scores.masked_fill(drop, float("-inf"))
     probs = scores.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def torch_trace(run: Callable[[], None], out_dir: Path, cuda: bool) -> Path:
+    """torch.profiler around `run`, exported as a Chrome trace (open in chrome://tracing or Perfetto)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        run()
+    path = out_dir / "torch_trace.json"
+    prof.export_chrome_trace(str(path))
+    return path

@@ -1,0 +1,51 @@
+"""Profiling writes real, non-empty traces; cold-start parts come from a real fresh process."""
+
+import json
+
+import pytest
+
+from conftest import run_cli
+from gpt2bench.coldstart import PARTS, measure
+
+
+def test_cold_start_parts_add_up_and_fit_inside_the_process_lifetime(tiny_model_dir):
+    result = measure("hf-eager", str(tiny_model_dir), "cpu", "fp32", 1, 4)
+    values = [getattr(result, part) for part in PARTS]
+    assert all(v > 0 for v in values), values
+    assert result.total_s == pytest.approx(sum(values))
+    assert result.total_s < result.process_s  # the child exits after its first token
+    assert result.imports_s > result.interpreter_s  # importing torch + transformers is not free
+
+
+def test_coldstart_command(tiny_model_dir):
+    proc = run_cli("coldstart", "--backend", "static-kv-eager", "--model", str(tiny_model_dir), "--repeats", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert all(part in proc.stdout for part in (*PARTS, "total_s"))
+
+
+@pytest.mark.parametrize(("backend", "trace_name"), [("hf-eager", "torch_trace.json"), ("onnx", "ort_profile")])
+def test_profile_writes_pyinstrument_and_the_backends_own_trace(tmp_path, tiny_model_dir, backend, trace_name):
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime")
+    proc = run_cli(
+        "profile",
+        "--backend",
+        backend,
+        "--model",
+        str(tiny_model_dir),
+        "--prompt-len",
+        "6",
+        "--gen-len",
+        "4",
+        "--output",
+        str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr
+    (out,) = tmp_path.iterdir()
+    files = {p.name: p for p in out.iterdir()}
+    assert files["profile.html"].stat().st_size > 1000
+    assert "generate" in files["profile.txt"].read_text()  # the decode loop shows up in the profile
+    (trace,) = [p for name, p in files.items() if name.startswith(trace_name)]
+    events = json.loads(trace.read_text())
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    assert len(events) > 10
