@@ -54,6 +54,21 @@ def tokenizer():
     return load_tokenizer()
 
 
+@pytest.fixture(scope="session")
+def prompts(tokenizer):
+    """Two 16-token prompts: the batch the parity tests share."""
+    from gpt2bench.prompts import make_prompts
+
+    return make_prompts(tokenizer, 16, 2).input_ids
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_model, prompts):
+    """hf-eager's greedy tokens (30 steps) and logits on `prompts`: what every backend must match."""
+    eager = load_backend("hf-eager", tiny_model)
+    return greedy(eager, prompts, 30), eager.logits(prompts)
+
+
 def load_backend(name: str, model, **settings):
     from gpt2bench.backends import BackendSettings, get_backend
 

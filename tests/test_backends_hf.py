@@ -4,16 +4,10 @@ import pytest
 from conftest import greedy, load_backend
 from gpt2bench.backends.base import REGISTRY, BackendInfo, get_backend
 from gpt2bench.errors import MissingExtraError, UsageError
-from gpt2bench.prompts import make_prompts
 from gpt2bench.specs import Sampling
 
 N_LAYER = 2
 PROJECTIONS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
-
-
-@pytest.fixture(scope="module")
-def prompts(tokenizer):
-    return make_prompts(tokenizer, 16, 2).input_ids
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +16,8 @@ def eager(tiny_model):
 
 
 @pytest.fixture(scope="module")
-def eager_tokens(eager, prompts):
-    return greedy(eager, prompts, 30)
+def eager_tokens(reference):
+    return reference[0]
 
 
 def test_fp16_dynq_greedy_parity_with_eager(tiny_model, prompts, eager, eager_tokens):

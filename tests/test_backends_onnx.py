@@ -17,17 +17,6 @@ pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
 N_LAYER = 2
 
 
-@pytest.fixture(scope="module")
-def prompts(tokenizer):
-    return make_prompts(tokenizer, 16, 2).input_ids
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_model, prompts):
-    eager = load_backend("hf-eager", tiny_model)
-    return greedy(eager, prompts, 30), eager.logits(prompts)
-
-
 @pytest.mark.parametrize("name", ["onnx", "onnx-opt"])
 def test_fp32_onnx_matches_hf_eager_on_tiny(tiny_model, prompts, reference, name):
     tokens, logits = reference

@@ -13,17 +13,6 @@ FAST_COMPILE = {"compile_mode": "default"}
 
 
 @pytest.fixture(scope="module")
-def prompts(tokenizer):
-    return make_prompts(tokenizer, 16, 2).input_ids
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_model, prompts):
-    eager = load_backend("hf-eager", tiny_model)
-    return greedy(eager, prompts, 30), eager.logits(prompts)
-
-
-@pytest.fixture(scope="module")
 def compiled(tiny_model):
     return load_backend("static-kv", tiny_model, options=FAST_COMPILE)
 

@@ -7,14 +7,13 @@ moment it exists, EOS never stops generation, and nothing re-tokenizes text.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gpt2bench.backends.base import Backend, BackendSettings, register
-from gpt2bench.backends.torch_common import make_generator, select_next, torch_device, torch_dtype, torch_trace
+from gpt2bench.backends.torch_common import TorchDevice, make_generator, select_next, torch_device, torch_dtype
 from gpt2bench.errors import UsageError
 
 if TYPE_CHECKING:
@@ -31,7 +30,7 @@ if TYPE_CHECKING:
     devices=("cpu", "cuda"),
     dtypes=("fp32", "bf16", "fp16"),
 )
-class HFEager(Backend):
+class HFEager(TorchDevice, Backend):
     def load(self, model: ModelRef, settings: BackendSettings) -> dict[str, float]:
         from transformers import GPT2LMHeadModel
 
@@ -69,28 +68,6 @@ class HFEager(Backend):
         with torch.inference_mode():
             out = self.model(input_ids=torch.from_numpy(input_ids).to(self.device), use_cache=False)
             return out.logits.float().cpu().numpy()
-
-    def trace(self, run: Callable[[], None], out_dir: Path) -> Path | None:
-        return torch_trace(run, out_dir, self.device.type == "cuda")
-
-    def synchronize(self) -> None:
-        if self.device.type == "cuda":
-            import torch
-
-            torch.cuda.synchronize(self.device)
-
-    def reset_peak_memory(self) -> None:
-        if self.device.type == "cuda":
-            import torch
-
-            torch.cuda.reset_peak_memory_stats(self.device)
-
-    def memory_stats(self) -> dict[str, float]:
-        if self.device.type != "cuda":
-            return {}
-        import torch
-
-        return {"cuda_max_allocated_mb": torch.cuda.max_memory_allocated(self.device) / 2**20}
 
     def close(self) -> None:
         self.model = None

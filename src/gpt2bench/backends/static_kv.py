@@ -14,14 +14,13 @@ of each step's ids to the host, which the harness needs to timestamp tokens.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from gpt2bench.backends.base import Backend, BackendSettings, register
-from gpt2bench.backends.torch_common import torch_device, torch_dtype, torch_trace
+from gpt2bench.backends.torch_common import TorchDevice, torch_device, torch_dtype
 from gpt2bench.errors import UsageError
 
 if TYPE_CHECKING:
@@ -79,7 +78,7 @@ def full_logits(model: Any, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tenso
     return model(idx, pos)
 
 
-class _StaticKV(Backend):
+class _StaticKV(TorchDevice, Backend):
     compiled: ClassVar[bool]
 
     @classmethod
@@ -183,28 +182,6 @@ class _StaticKV(Backend):
 
     def cache_tensors(self) -> list[torch.Tensor]:
         return [t for block in self.model.h for t in (block.attn.kv_cache.k, block.attn.kv_cache.v)]
-
-    def trace(self, run: Callable[[], None], out_dir: Path) -> Path | None:
-        return torch_trace(run, out_dir, self.device.type == "cuda")
-
-    def synchronize(self) -> None:
-        if self.device.type == "cuda":
-            import torch
-
-            torch.cuda.synchronize(self.device)
-
-    def reset_peak_memory(self) -> None:
-        if self.device.type == "cuda":
-            import torch
-
-            torch.cuda.reset_peak_memory_stats(self.device)
-
-    def memory_stats(self) -> dict[str, float]:
-        if self.device.type != "cuda":
-            return {}
-        import torch
-
-        return {"cuda_max_allocated_mb": torch.cuda.max_memory_allocated(self.device) / 2**20}
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"compile_mode": self.mode or "eager", "cuda_graphs": self.cudagraphs}

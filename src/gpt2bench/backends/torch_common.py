@@ -72,3 +72,31 @@ def torch_trace(run: Callable[[], None], out_dir: Path, cuda: bool) -> Path:
     path = out_dir / "torch_trace.json"
     prof.export_chrome_trace(str(path))
     return path
+
+
+class TorchDevice:
+    """Device plumbing every PyTorch backend shares; expects `self.device` (a torch.device)."""
+
+    device: torch.device
+
+    def trace(self, run: Callable[[], None], out_dir: Path) -> Path | None:
+        return torch_trace(run, out_dir, self.device.type == "cuda")
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+    def reset_peak_memory(self) -> None:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def memory_stats(self) -> dict[str, float]:
+        if self.device.type != "cuda":
+            return {}
+        import torch
+
+        return {"cuda_max_allocated_mb": torch.cuda.max_memory_allocated(self.device) / 2**20}
