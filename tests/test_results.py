@@ -2,7 +2,7 @@ import csv
 import json
 import math
 
-from gpt2bench.results import COLUMNS, CSV_NAME, JSON_NAME, ResultsStore, load_results
+from gpt2bench.results import COLUMNS, CSV_NAME, JSON_NAME, ResultsStore, read_document
 
 
 def _row(i):
@@ -17,7 +17,7 @@ def test_store_writes_complete_files_after_every_row(tmp_path):
     assert len(rows) == 1
     assert list(rows[0])[: len(COLUMNS)] == COLUMNS and "load_export_s" in rows[0]
     store.add(_row(2), {"per_run": {}})
-    doc = load_results(tmp_path / "run")
+    doc = read_document(tmp_path / "run")
     assert doc["schema_version"] == 1 and doc["run_id"] == "r" and doc["environment"]["cpu_model"] == "x"
     assert [r["run_id"] for r in doc["rows"]] == [1, 2]
     assert doc["rows"][0]["tpot_ms_ci95_low"] is None  # NaN is written as null: strict JSON

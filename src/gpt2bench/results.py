@@ -161,11 +161,6 @@ class ResultsStore:
         atomic_write_text(self.folder / CSV_NAME, buf.getvalue())
 
 
-def load_results(folder: Path) -> dict[str, Any]:
-    """Read a results folder written by ResultsStore (no torch, no pandas needed)."""
-    return json.loads((folder / JSON_NAME).read_text())
-
-
 def read_document(folder: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
     """A results.json, checked: one clear error for a missing, foreign or incomplete folder."""
     from gpt2bench.errors import BenchError

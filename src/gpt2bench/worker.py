@@ -15,6 +15,7 @@ import os
 import sys
 import traceback
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 
@@ -38,9 +39,7 @@ def main() -> int:
     raw = job["spec"]
     quality = raw.pop("quality")
     base = RunSpec(**{**raw, "sampling": Sampling(**raw["sampling"])})
-    quality_settings = (
-        QualitySettings(**{**quality, "text": __import__("pathlib").Path(quality["text"])}) if quality else None
-    )
+    quality_settings = QualitySettings(**{**quality, "text": Path(quality["text"])}) if quality else None
     try:
         session = open_session(base, lambda msg: print(f"warning: {msg}", file=sys.stderr))
     except Exception as exc:  # reported for every cell by the parent
