@@ -113,3 +113,12 @@ def test_eager_cuda_matches_cpu(tiny_model, prompts, eager_tokens):
     cuda = load_backend("hf-eager", tiny_model, device="cuda")
     np.testing.assert_array_equal(greedy(cuda, prompts, 30), eager_tokens)
     assert cuda.memory_stats()["cuda_max_allocated_mb"] > 0
+
+
+@pytest.mark.slow
+def test_compiled_hf_eager_matches_eager_and_compiles_in_setup(tiny_model, prompts, eager_tokens):
+    from gpt2bench.specs import Sampling
+
+    compiled = load_backend("hf-eager", tiny_model, options={"compile": True})
+    compiled.setup(2, 16, 30, Sampling())  # compiles here, not in the first timed generation
+    np.testing.assert_array_equal(greedy(compiled, prompts, 30), eager_tokens)

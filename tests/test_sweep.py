@@ -173,13 +173,16 @@ def test_interleaved_sweep_pools_rounds(tmp_path, tiny_model_dir):
         BASE.format(out=out, model=tiny_model_dir).replace("[4, 8]", "[4]")
         + "backends:\n  - name: hf-eager\n  - name: static-kv-eager\n",
     )
-    proc = run_cli("sweep", str(config), "--interleave")
+    proc = run_cli("sweep", str(config), "--interleave", "--quality")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((out / "results.json").read_text())
     assert doc["interleave"] is True and len(doc["rows"]) == 2
     for row, samples in zip(doc["rows"], doc["samples"], strict=True):
         assert row["repeats"] == 2 and samples["interleaved_rounds"] == 2
         assert len(samples["per_run"]["e2e_ms"]) == 2 and row["e2e_ms_min"] <= row["e2e_ms_median"] <= row["e2e_ms_max"]
+        assert row["ppl"] > 1 and row["ppl_windows"] == 4  # --quality overrode the config; measured once
+    # The same weights through two fp32 backends: the same perplexity.
+    assert doc["rows"][0]["ppl"] == pytest.approx(doc["rows"][1]["ppl"], rel=1e-4)
 
 
 def test_merge_rounds_recomputes_statistics_from_raw_samples():

@@ -137,6 +137,9 @@ def sweep(
         bool | None, typer.Option(help="Alternate backends repetition by repetition (overrides the config).")
     ] = None,
     output: Annotated[Path | None, typer.Option(help="Results folder (overrides the config's output).")] = None,
+    quality: Annotated[
+        bool | None, typer.Option("--quality/--no-quality", help="Measure quality (overrides the config).")
+    ] = None,
 ) -> None:
     """Run every backend of a sweep config over its cells, each backend in a fresh worker process."""
     import dataclasses
@@ -163,6 +166,8 @@ def sweep(
         spec = dataclasses.replace(spec, output=output)
     if interleave is not None:
         spec = dataclasses.replace(spec, interleave=interleave)
+    if quality is not None:
+        spec = dataclasses.replace(spec, quality=dataclasses.replace(spec.quality, enabled=quality))
     prepare_output(spec.output)
     threads = spec.threads or default_threads()
     run_id = new_run_id("sweep")

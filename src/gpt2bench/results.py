@@ -54,6 +54,7 @@ MEASURE_COLUMNS = [
     "itl_ms_p50",
     "itl_ms_p90",
     "itl_ms_p99",
+    "decode_tps_per_seq_median",
     "rss_after_load_mb",
     "peak_rss_mb",
     "peak_rss_scope",

@@ -119,6 +119,8 @@ def measure_cell(
         "tokens_consistent": m.tokens_consistent,
         **{f"{metric}_{stat}": value for metric, s in stats.items() for stat, value in s.items()},
         **{f"itl_ms_{k}": v for k, v in m.itl_percentiles().items()},
+        # decode_tps counts every sequence of the batch; this is what one request sees.
+        "decode_tps_per_seq_median": stats["decode_tps"]["median"] / spec.batch_size,
         "rss_after_load_mb": load.rss_after_load_mb,
         "peak_rss_mb": m.peak_rss_mb,
         "peak_rss_scope": m.peak_rss_scope,

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     description="transformers GPT2LMHeadModel, eager PyTorch with its KV cache",
     devices=("cpu", "cuda"),
     dtypes=("fp32", "bf16", "fp16"),
+    options=("compile",),
 )
 class HFEager(TorchDevice, Backend):
     def load(self, model: ModelRef, settings: BackendSettings) -> dict[str, float]:
@@ -39,6 +40,20 @@ class HFEager(TorchDevice, Backend):
         self.device = torch_device(settings.device, settings.threads)
         net = GPT2LMHeadModel.from_pretrained(model.path, dtype=torch_dtype(settings.dtype))
         self.model = self.transform(net.eval().to(self.device))
+        self.compiled = bool(settings.options.get("compile", False))
+        if self.compiled:
+            import torch
+
+            # Dynamic shapes: the KV cache grows every step, and one graph should serve them all.
+            self.model.forward = torch.compile(self.model.forward, dynamic=True)
+        return {}
+
+    def setup(self, batch_size: int, prompt_len: int, max_new_tokens: int, sampling: Sampling) -> dict[str, float]:
+        """With compile=true, compile now (prefill and decode shapes), so it is setup time, not TTFT."""
+        if self.compiled:
+            dummy = np.zeros((batch_size, prompt_len), dtype=np.int64)
+            for _ in self.generate(dummy, min(max_new_tokens, 3), sampling):
+                pass
         return {}
 
     def transform(self, model: torch.nn.Module) -> torch.nn.Module:
