@@ -161,6 +161,11 @@ def merge_rounds(rows: list[dict[str, Any]], samples: list[dict[str, Any]]) -> t
     return row, merged
 
 
+def wants_quality(spec: SweepSpec, cell: Cell) -> bool:
+    """Quality does not depend on the cell: measure it once per backend, with the sweep's first cell."""
+    return spec.quality.enabled and cell == spec.cells[0]
+
+
 def plan(spec: SweepSpec, store: ResultsStore) -> list[tuple[BackendConfig, list[Cell]]]:
     done = {row["cell_key"] for row in store.rows if row.get("status") == "ok"}
     return [(b, [c for c in spec.cells if cell_key(spec.model, b, c, spec.device) not in done]) for b in spec.backends]
@@ -192,7 +197,7 @@ def run_sequential(spec: SweepSpec, store: ResultsStore, run_id: str, threads: i
                     break
                 for cell in list(remaining):
                     reply = worker.request(
-                        _command(spec, backend, cell, spec.warmup, spec.repeats, spec.quality.enabled),
+                        _command(spec, backend, cell, spec.warmup, spec.repeats, wants_quality(spec, cell)),
                         spec.cell_timeout_s,
                     )
                     if reply["event"] == "row":
@@ -237,7 +242,7 @@ def run_interleaved(spec: SweepSpec, store: ResultsStore, run_id: str, threads: 
                         continue
                     last = r == spec.repeats - 1
                     command = _command(
-                        spec, backend, cell, spec.warmup if r == 0 else 0, 1, spec.quality.enabled and last
+                        spec, backend, cell, spec.warmup if r == 0 else 0, 1, wants_quality(spec, cell) and last
                     )
                     try:
                         reply = workers[name].request(command, spec.cell_timeout_s)
