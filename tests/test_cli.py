@@ -234,3 +234,24 @@ def test_quality_columns_from_the_cli(tmp_path, trained_model):
     assert row["ppl_tokens"] == 127 + 64 + 64
     assert 1 < row["ppl"] < 50257 and row["bits_per_byte"] > 0 and 0 <= row["agree_greedy"] <= 1
     assert row["quality_s"] > 0
+
+
+def test_model_context_is_checked_before_any_load(tmp_path, trained_model):
+    pytest.importorskip("onnxruntime")
+    cache = tmp_path / "cache"
+    proc = run_cli(
+        "run",
+        "--backend",
+        "onnx",
+        "--model",
+        str(trained_model.path),
+        "--prompt-len",
+        "500",
+        "--gen-len",
+        "100",
+        "--output",
+        str(tmp_path / "out"),
+        env={"GPT2BENCH_CACHE": str(cache)},
+    )
+    _one_line_error(proc, 2, "600 exceeds this model's 512-token context")
+    assert not (cache / "onnx").exists()  # failed before the export, not after it

@@ -115,11 +115,14 @@ def run(
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        auto_refresh=False,  # no refresh thread competing with the timed repetitions in this process
     ) as progress:
         task = progress.add_task(f"{backend}: loading", total=warmup + repeats)
+        progress.refresh()
 
         def on_step(phase: str, _i: int, _n: int) -> None:
             progress.update(task, advance=0 if phase == "quality" else 1, description=f"{backend}: {phase}")
+            progress.refresh()
 
         cell = run_cell(spec, run_id, _warn, on_step)
     store = ResultsStore(output / run_id, cell.environment, meta={"run_id": run_id, "model": cell.model.as_record()})

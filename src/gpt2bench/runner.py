@@ -35,7 +35,6 @@ class CellResult:
 class Session:
     """One loaded backend, ready to measure any number of cells (a sweep loads once per backend)."""
 
-    spec: RunSpec
     backend: Any
     model: Any
     tokenizer: Any
@@ -45,7 +44,22 @@ class Session:
         self.backend.close()
 
 
-def open_session(spec: RunSpec, warn: Callable[[str], None]) -> Session:
+def check_fits(spec: RunSpec, model: Any) -> None:
+    """The cell's lengths and quality window against this model's context (GPT-2's 1024 is checked
+    with the spec; a local model may have fewer positions)."""
+    n_positions = int(model.config().get("n_positions", 1024))
+    if spec.prompt_len + spec.gen_len > n_positions:
+        raise UsageError(
+            f"prompt-len + gen-len = {spec.prompt_len + spec.gen_len} exceeds this model's {n_positions}-token context"
+        )
+    if spec.quality is not None:
+        spec.quality.validate(n_positions)
+
+
+def open_session(spec: RunSpec, warn: Callable[[str], None], check_cell: bool = True) -> Session:
+    """Resolve the model and load the backend. With check_cell, `spec`'s own cell is checked
+    against the model first, so a bad length fails before a long load (a sweep worker checks each
+    cell as it comes instead)."""
     from gpt2bench.backends import BackendSettings, get_backend
     from gpt2bench.harness import timed_load
     from gpt2bench.models import load_tokenizer, resolve_model
@@ -56,9 +70,11 @@ def open_session(spec: RunSpec, warn: Callable[[str], None]) -> Session:
     model = resolve_model(spec.model)
     if model.fallback_reason:
         warn(f"{model.fallback_reason}. Falling back to --model random (GPT-2 124M shapes, random weights).")
+    if check_cell:
+        check_fits(spec, model)
     settings = BackendSettings(spec.device, spec.dtype, spec.threads, spec.options)
     load = timed_load(backend, model, settings)
-    return Session(spec, backend, model, load_tokenizer(model), load)
+    return Session(backend, model, load_tokenizer(model), load)
 
 
 def measure_cell(
@@ -76,13 +92,7 @@ def measure_cell(
 
     spec.validate()
     backend, model, tokenizer, load = session.backend, session.model, session.tokenizer, session.load
-    n_positions = int(model.config().get("n_positions", 1024))
-    if spec.prompt_len + spec.gen_len > n_positions:
-        raise UsageError(
-            f"prompt-len + gen-len = {spec.prompt_len + spec.gen_len} exceeds this model's {n_positions}-token context"
-        )
-    if spec.quality is not None:
-        spec.quality.validate(n_positions)
+    check_fits(spec, model)
     prompts = make_prompts(tokenizer, spec.prompt_len, spec.batch_size)
     m = measure(backend, prompts, spec.gen_len, spec.sampling, spec.warmup, spec.repeats, on_step)
     details = backend.describe()
