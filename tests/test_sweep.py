@@ -206,3 +206,16 @@ def test_merge_rounds_recomputes_statistics_from_raw_samples():
     assert row["repeats"] == 3 and row["e2e_ms_median"] == 20 and row["e2e_ms_min"] == 10
     assert row["other_cpu_s"] == pytest.approx(0.3) and row["peak_rss_mb"] == 130
     assert merged["itl_ms"] == [[1.0, 2.0]] * 3 and merged["interleaved_rounds"] == 3
+
+
+def test_a_worker_that_times_out_is_killed_and_a_fresh_one_takes_the_next_cell(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    # 0.3 s is less than a worker needs to start: each cell's worker is killed, its row records why.
+    config = _write(
+        tmp_path, BASE.format(out=out, model=tiny_model_dir) + "cell_timeout_s: 0.3\nbackends:\n  - name: hf-eager\n"
+    )
+    proc = run_cli("sweep", str(config))
+    assert proc.returncode == 1 and "2 of 2 cells failed" in proc.stderr
+    rows = _rows(out)
+    assert [r["prompt_len"] for r in rows] == [4, 8]
+    assert all(r["status"] == "failed" and r["error"] == "timed out after 0.3 s" for r in rows)

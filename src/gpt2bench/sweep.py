@@ -6,12 +6,14 @@ becomes a failed row and the sweep goes on with a fresh worker for the remaining
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
 import selectors
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -55,11 +57,19 @@ class Worker:
             text=True,
             bufsize=1,
         )
-        self.stderr_tail: list[str] = []
+        # A thread drains stderr all the time, so a chatty worker never blocks on a full pipe and a
+        # progress bar's unterminated line never holds up reading the protocol on stdout.
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
+        self._drainer = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._drainer.start()
         self.selector = selectors.DefaultSelector()
-        self.selector.register(self.proc.stdout, selectors.EVENT_READ, "out")  # type: ignore[arg-type]
-        self.selector.register(self.proc.stderr, selectors.EVENT_READ, "err")  # type: ignore[arg-type]
+        self.selector.register(self.proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
         self._send(job)
+
+    def _drain_stderr(self) -> None:
+        for line in self.proc.stderr:  # type: ignore[union-attr]
+            if line.strip():
+                self.stderr_tail.append(line)
 
     def _send(self, message: dict[str, Any]) -> None:
         try:
@@ -70,6 +80,8 @@ class Worker:
 
     def _death(self) -> str:
         code = self.proc.poll()
+        if code is not None:
+            self._drainer.join(timeout=2)  # let it read the dying worker's last words
         detail = self.stderr_tail[-1].strip() if self.stderr_tail else ""
         if code is not None and code < 0:
             how = f"worker killed by signal {-code}" + (" (out of memory?)" if -code == 9 else "")
@@ -83,13 +95,9 @@ class Worker:
             left = deadline - time.monotonic()
             if left <= 0:
                 self.kill()
-                raise WorkerGone(f"timed out after {timeout:.0f} s")
-            for key, _ in self.selector.select(timeout=min(left, 1.0)):
-                line = key.fileobj.readline()  # type: ignore[union-attr]
-                if key.data == "err":
-                    if line:
-                        self.stderr_tail = [*self.stderr_tail[-20:], line]
-                    continue
+                raise WorkerGone(f"timed out after {timeout:g} s")
+            if self.selector.select(timeout=min(left, 1.0)):
+                line = self.proc.stdout.readline()  # type: ignore[union-attr]
                 if not line:
                     self.proc.wait()
                     raise WorkerGone(self._death())
