@@ -74,7 +74,9 @@ class HFEager(TorchDevice, Backend):
         import torch
 
         with torch.inference_mode():
-            out = self.model(input_ids=ids, past_key_values=past, use_cache=True)
+            # logits_to_keep=1: only the last position's logits are needed, as in transformers' own
+            # generate; computing lm_head for every prompt position would inflate TTFT.
+            out = self.model(input_ids=ids, past_key_values=past, use_cache=True, logits_to_keep=1)
             return select_next(out.logits[:, -1, :], sampling, generator), out.past_key_values
 
     def logits(self, input_ids: np.ndarray) -> np.ndarray:
