@@ -99,6 +99,19 @@ def test_trained_model_is_far_better_than_random(trained_model, tiny_model, toke
     assert hf_quality.agreement.greedy_match == 1.0 and hf_quality.agreement.kl_mean == pytest.approx(0, abs=1e-12)
 
 
+def test_computing_the_reference_leaves_torch_threads_alone(tiny_model, tokenizer, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("GPT2BENCH_CACHE", str(tmp_path))  # force a fresh reference
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _, _, cached = reference(tiny_model, tokenizer, SETTINGS)
+        assert not cached and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_reference_is_computed_once_and_reused(trained_model, tokenizer, hf_quality):
     tokens, logits, cached = reference(trained_model, tokenizer, SETTINGS)
     assert cached and tokens.shape == (3, 16) and logits.shape == (3, 16, 50257)

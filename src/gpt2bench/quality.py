@@ -236,10 +236,14 @@ def reference(model: ModelRef, tokenizer: Tokenizer, settings: QualitySettings) 
             return data["tokens"], data["logits"], True
     except (OSError, KeyError, ValueError):
         pass
+    import torch
+
     from gpt2bench.backends import BackendSettings, get_backend
 
     ref = get_backend("hf-eager").create()
-    ref.load(model, BackendSettings())
+    # Keep the process's thread count: load applies its setting to torch globally, and the cells a
+    # sweep worker measures after this must run with the threads they were asked for.
+    ref.load(model, BackendSettings(threads=torch.get_num_threads()))
     prompts = agreement_prompts(tokenizer, settings)
     tokens = greedy_continuations(ref, prompts, settings.agreement_gen_len)
     logits = teacher_forced_logits(ref.logits, prompts, tokens).astype(np.float32)
