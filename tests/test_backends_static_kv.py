@@ -113,3 +113,16 @@ def test_cuda_graphs_match_hf_eager(tiny_model, prompts, reference):
     np.testing.assert_array_equal(greedy(backend, prompts, 30), reference[0])
     assert [t.data_ptr() for t in backend.cache_tensors()] == before
     assert np.abs(backend.logits(prompts) - reference[1]).max() < 1e-3
+
+
+def test_each_cell_gets_a_cache_of_its_own_length(eager, tokenizer):
+    from gpt2bench.specs import Sampling
+
+    eager.setup(1, 600, 10, Sampling())
+    assert eager.describe()["cache_shape"][2] == 640
+    eager.setup(1, 8, 5, Sampling())  # a short cell after a long one: not the long cell's cache
+    assert eager.describe()["cache_shape"][2] == 64
+    ids = make_prompts(tokenizer, 8, 1).input_ids
+    eager.logits(make_prompts(tokenizer, 100, 1).input_ids)  # the logits path may grow it...
+    greedy(eager, ids, 5)  # ...and generation sizes it back for its cell
+    assert eager.describe()["cache_shape"][2] == 64

@@ -129,9 +129,13 @@ class _StaticKV(TorchDevice, Backend):
         self._prefill = torch.compile(prefill_step, fullgraph=True, dynamic=True, options=dynamic_options)
         self._full = torch.compile(full_logits, fullgraph=True, dynamic=True, options=dynamic_options)
 
-    def _ensure_cache(self, batch: int, length: int) -> None:
+    def _ensure_cache(self, batch: int, length: int, exact: bool = True) -> None:
+        """Generation wants the cache sized for its own cell (exact), since attention reads every
+        slot: a cache left large by an earlier, longer cell would slow a short cell and make a
+        sweep's numbers depend on its order. The logits path may reuse any cache long enough."""
         max_len = min(self.model.cfg.n_positions, -(-length // CACHE_ROUND) * CACHE_ROUND)
-        if self.shape is not None and self.shape[0] == batch and self.shape[1] >= length:
+        fits = self.shape is not None and self.shape[0] == batch
+        if fits and (self.shape[1] == max_len or (not exact and self.shape[1] >= length)):
             return
         self.model.setup_caches(batch, max_len)
         self.shape = (batch, max_len)
@@ -175,7 +179,7 @@ class _StaticKV(TorchDevice, Backend):
         import torch
 
         batch, seq = input_ids.shape
-        self._ensure_cache(batch, seq)
+        self._ensure_cache(batch, seq, exact=False)
         with torch.inference_mode():
             idx = torch.from_numpy(input_ids).to(self.device)
             return self._full(self.model, idx, torch.arange(seq, device=self.device)).float().cpu().numpy()
