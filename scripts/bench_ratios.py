@@ -94,8 +94,10 @@ def main() -> int:
         ]
         print(f"{name:<18}" + "".join(f"{c:>10.2f}" for c in cells) + f"{row['other_cpu_frac']:>8.1%}")
     if any(row["tpot_ms_median"] < bound_ms[name] for name, row in rows.items()):
-        print("note: TPOT/bnd below 1.00 means the decode read faster than the microbenchmark did; the bound "
-              "is then an underestimate of this machine's bandwidth (try `gpt2bench env --refresh` when idle)")
+        print(
+            "note: TPOT/bnd below 1.00 means the decode read faster than the microbenchmark did; the bound "
+            "is then an underestimate of this machine's bandwidth (try `gpt2bench env --refresh` when idle)"
+        )
     failed = 0
     for item in args.expect:
         name, metric, target = item.split(":")

@@ -46,6 +46,39 @@ def test_cache_is_allocated_once_and_written_in_place(compiled, prompts):
     assert after[0][:, :, :45].abs().sum() > 0 and after[0][:, :, 45:].abs().sum() == 0
 
 
+def test_setup_compiles_the_cell_frozen_so_timed_generation_compiles_nothing(compiled, prompts):
+    import torch
+    from torch._dynamo.utils import counters
+
+    packed = counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"]
+    compiled.setup(2, 16, 60, Sampling())  # cache length 128: no other test uses it, so it compiles
+    # Freezing made the weights constants, so inductor prepacked them for its CPU GEMMs (without it
+    # every weight stays a graph input and nothing is packed); and the setting did not leak out.
+    assert counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] > packed
+    assert torch._inductor.config.freezing is False
+    graphs = counters["stats"]["unique_graphs"]
+    assert greedy(compiled, prompts, 60).shape == (2, 60)
+    assert counters["stats"]["unique_graphs"] == graphs  # compile time stays in setup_s
+
+
+def test_decode_attention_matches_sdpa():
+    import torch
+    import torch.nn.functional as F
+
+    from gpt2bench.gpt2 import decode_attention
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 16, generator=gen) for n in (1, 40, 40))
+    mask = torch.zeros(1, 1, 1, 40, dtype=torch.bool)
+    mask[..., :25] = True  # slots past the current position hold stale keys: they must not count
+    k[..., 25:, :], v[..., 25:, :] = 1e4, 1e4
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(decode_attention(q, k, v, mask), expected, atol=1e-6, rtol=1e-5)
+    low = decode_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), expected, atol=2e-2, rtol=2e-2)
+
+
 def test_full_context_prompt_plus_generation_of_1024(eager, tiny_model, tokenizer):
     ids = make_prompts(tokenizer, 1000, 1).input_ids
     hf = load_backend("hf-eager", tiny_model)

@@ -54,6 +54,18 @@ class KVCache(nn.Module):
         return self.k, self.v
 
 
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of one query per sequence, written as plain reductions in fp32.
+
+    For decode on the CPU this is what inductor should see: it fuses the whole thing into a couple
+    of loops over the cache, where SDPA's CPU kernel (built for long queries) costs ~0.2 ms per
+    layer in bf16, a quarter of the step. q [B, H, 1, D], k/v [B, H, L, D], mask [1, 1, 1, L].
+    """
+    scores = (q.float() * k.float()).sum(-1) * q.shape[-1] ** -0.5  # [B, H, L]
+    probs = scores.masked_fill(~mask[:, :, 0], float("-inf")).softmax(-1)
+    return (probs.unsqueeze(-1) * v.float()).sum(-2, keepdim=True).to(q.dtype)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: Config) -> None:
         super().__init__()
@@ -68,7 +80,10 @@ class Attention(nn.Module):
         q, k, v = (t.view(batch, seq, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
         assert self.kv_cache is not None, "call GPT2.setup_caches first"
         k, v = self.kv_cache.update(pos, k, v)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if seq == 1 and x.device.type == "cpu" and torch.compiler.is_compiling():
+            y = decode_attention(q, k, v, mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.c_proj(y.transpose(1, 2).reshape(batch, seq, width))
 
 
