@@ -11,13 +11,15 @@ with load and thermal state. Example (the ONNX issue's targets):
 A backend may carry a dtype, e.g. `static-kv@bf16`. `--expect BACKEND:METRIC:SPEEDUP` checks
 reference/backend >= SPEEDUP for e2e, tpot or ttft; `--within-bound BACKEND:FACTOR` checks that
 its TPOT is within FACTOR x its memory-bandwidth bound (weight bytes read per decoded token /
-this machine's measured read bandwidth). The exit code is 1 when a check fails.
+this machine's read bandwidth, measured around the backends in the same run). The exit code is 1
+when a check fails.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,17 +60,21 @@ def main() -> int:
         name, _, opt = item.partition(":")
         args.option.setdefault(name, []).append(opt)
 
-    with tempfile.TemporaryDirectory(prefix="gpt2bench-ratios-") as tmp:
-        rows = {b: run_backend(b, args, Path(tmp)) for b in args.backends}
-    from gpt2bench.models import resolve_model
-    from gpt2bench.roofline import BYTES_PER_PARAM, decode_weight_bytes, read_bandwidth
+    from gpt2bench.roofline import measure_read_bandwidth
+    from gpt2bench.specs import default_threads
 
-    threads = rows[args.backends[0]]["threads"]
-    bandwidth = read_bandwidth(threads)
-    config = resolve_model(args.model).config()
-    bound_ms = {
-        b: decode_weight_bytes(config, BYTES_PER_PARAM[rows[b]["dtype"]]) / (bandwidth * 1e9) * 1e3 for b in rows
-    }
+    # The bound's bandwidth is measured in this run, before, between and after the backends (the
+    # memory system's speed here drifts with neighbours' load as much as the timings do), with the
+    # threads `gpt2bench run` uses; the median sample is the bandwidth, the spread is printed.
+    threads = default_threads()
+    samples = [measure_read_bandwidth(threads)]
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="gpt2bench-ratios-") as tmp:
+        for b in args.backends:
+            rows[b] = run_backend(b, args, Path(tmp))
+            samples.append(measure_read_bandwidth(threads))
+    bandwidth = statistics.median(samples)
+    bound_ms = {b: row["weight_bytes_per_token"] / (bandwidth * 1e9) * 1e3 for b, row in rows.items()}
     ref_name = args.backends[0]
     ref = rows[ref_name]
     print(
@@ -76,8 +82,9 @@ def main() -> int:
         f"threads={ref['threads']}; speedup = {ref_name} time / backend time (medians)\n"
     )
     print(
-        f"read bandwidth {bandwidth:.1f} GB/s ({threads} threads); bound = weight bytes read per decoded token "
-        "/ bandwidth, weights counted at the row's dtype (a quantized backend reads fewer bytes)\n"
+        f"read bandwidth {bandwidth:.1f} GB/s ({threads} threads; median of {len(samples)} samples taken around "
+        f"the backends, {min(samples):.1f}-{max(samples):.1f}); bound = weight bytes read per decoded token / "
+        "bandwidth, weights counted as the backend stores them (a quantized backend reads fewer bytes)\n"
     )
     header = ("backend", "TTFT ms", "TPOT ms", "e2e ms", "e2e x", "TPOT x", "bound ms", "TPOT/bnd", "setup s")
     print(f"{header[0]:<18}" + "".join(f"{h:>10}" for h in header[1:]) + f"{'noise':>8}")
@@ -95,8 +102,8 @@ def main() -> int:
         print(f"{name:<18}" + "".join(f"{c:>10.2f}" for c in cells) + f"{row['other_cpu_frac']:>8.1%}")
     if any(row["tpot_ms_median"] < bound_ms[name] for name, row in rows.items()):
         print(
-            "note: TPOT/bnd below 1.00 means the decode read faster than the microbenchmark did; the bound "
-            "is then an underestimate of this machine's bandwidth (try `gpt2bench env --refresh` when idle)"
+            "note: TPOT/bnd below 1.00 means the decode read faster than the microbenchmark did: the bound "
+            "then underestimates what this machine's memory delivers"
         )
     failed = 0
     for item in args.expect:

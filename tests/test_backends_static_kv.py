@@ -105,6 +105,20 @@ def test_sampling_without_host_sync_is_seeded_and_top_k_1_is_greedy(compiled, pr
     np.testing.assert_array_equal(sample(temperature=0.9, top_k=1, seed=1), reference[0])
 
 
+def test_trusted_guards_still_tell_greedy_and_sampled_graphs_apart(compiled, prompts, reference):
+    # Each sampling setting's second run skips the guards that do not tell the graphs apart: the
+    # greedy graph must still serve greedy calls and the sampled graph sampled ones.
+    def run(**kw):
+        return np.stack(list(compiled.generate(prompts, 30, Sampling(**kw))), axis=1)
+
+    first = [run(), run(temperature=1.0, seed=3)]
+    for _ in range(2):
+        np.testing.assert_array_equal(run(), reference[0])
+        np.testing.assert_array_equal(run(temperature=1.0, seed=3), first[1])
+    np.testing.assert_array_equal(first[0], reference[0])
+    assert not np.array_equal(first[1], reference[0])
+
+
 def test_bf16_runs_and_reports_agreement(tiny_model, prompts, reference):
     bf16 = load_backend("static-kv-eager", tiny_model, dtype="bf16")
     tokens = greedy(bf16, prompts, 30)
