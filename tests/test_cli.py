@@ -51,6 +51,7 @@ def test_help_and_backends_do_not_import_torch():
         (["--backend", "hf-eager", "--quality", "--ppl-window", "2000"], ["perplexity window must be in [2, 1024]"]),
         (["--backend", "hf-eager", "--quality", "--ppl-stride", "0"], ["stride must be in [1, window]"]),
         (["--backend", "onnx-int8", "--option", "weight_type=int4"], ["weight_type must be QInt8 or QUInt8"]),
+        (["--backend", "hf-eager", "--device", "cuda", "--probe-bandwidth"], ["probe-bandwidth", "--device cpu"]),
     ],
 )
 def test_bad_input_is_a_usage_error(tmp_path, args, needles):
@@ -165,6 +166,25 @@ def test_run_end_to_end_writes_results(tmp_path, tiny_model, tiny_model_dir):
     assert [len(itl) for itl in samples["itl_ms"]] == [4, 4, 4]
     assert len(samples["generated_ids"][0][0]) == 5
     assert samples["backend_details"]["dynamic_quantized_linear"] == 9
+
+
+def test_probe_bandwidth_sets_each_run_against_its_own_probes(tmp_path, tiny_model_dir):
+    args = ["--backend", "hf-eager", "--model", str(tiny_model_dir), "--prompt-len", "4", "--gen-len", "4"]
+    proc = run_cli("run", *args, "--repeats", "2", "--warmup", "0", "--probe-bandwidth", "--output", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = tmp_path.iterdir()
+    doc = json.loads((run_dir / "results.json").read_text())
+    (row,), (samples,) = doc["rows"], doc["samples"]
+    probes = samples["bandwidth_gbs"]
+    assert len(probes) == 3 and all(p > 0 for p in probes)
+    assert row["bandwidth_source"] == "probe" and row["read_bandwidth_gbs"] == sorted(probes)[1]
+    tpots = samples["per_run"]["tpot_ms"]
+    per_run = [
+        row["weight_bytes_per_token"] / (t / 1e3) / 1e9 / ((a + b) / 2)
+        for t, a, b in zip(tpots, probes, probes[1:], strict=False)
+    ]
+    assert row["decode_bw_frac"] == pytest.approx(sorted(per_run)[0] / 2 + sorted(per_run)[1] / 2)
+    assert "measured, probe" in proc.stdout
 
 
 def test_onnx_run_reports_prepare_apart_from_load(tmp_path, tiny_model_dir):

@@ -74,3 +74,36 @@ def test_harness_rejects_a_backend_that_stops_early():
     _ShortBackend.name = "short"
     with pytest.raises(BenchError, match="produced 4 generation steps, expected exactly 5"):
         timed_generation(_ShortBackend(), np.zeros((1, 3), dtype=np.int64), 5, Sampling())
+
+
+class _LogBackend(Backend):
+    """Writes every generation into a shared log, so the probe's place between runs shows."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def load(self, model, settings):
+        return {}
+
+    def generate(self, input_ids, max_new_tokens, sampling) -> Iterator[np.ndarray]:
+        self.log.append("generate")
+        for _ in range(max_new_tokens):
+            yield np.zeros(input_ids.shape[0], dtype=np.int64)
+
+    def logits(self, input_ids):
+        raise NotImplementedError
+
+
+def test_bandwidth_probe_runs_around_each_timed_run_and_outside_its_clock(tokenizer):
+    log: list[str] = []
+    _LogBackend.name = "log"
+
+    def probe() -> float:
+        log.append("probe")
+        return 10.0 + log.count("probe")
+
+    m = measure(_LogBackend(log), make_prompts(tokenizer, 4, 1), 3, Sampling(), warmup=1, repeats=3, probe=probe)
+    # warm-up unprobed; then probe, run, probe, run, probe, run, probe
+    assert log == ["generate"] + ["probe", "generate"] * 3 + ["probe"]
+    assert m.bandwidth_gbs == [11.0, 12.0, 13.0, 14.0]
+    assert measure(_LogBackend([]), make_prompts(tokenizer, 4, 1), 3, Sampling(), 0, 2).bandwidth_gbs == []

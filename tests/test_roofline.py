@@ -62,3 +62,12 @@ def test_microbenchmarks_are_positive_and_cached(monkeypatch, tmp_path):
 def test_real_microbenchmarks_return_positive_numbers():
     assert roofline.measure_read_bandwidth(1, size_mb=32, repeats=2) > 0
     assert roofline.measure_peak_gflops(1, size=256, repeats=2) > 0
+
+
+def test_probed_fraction_pairs_each_run_with_the_probes_around_it():
+    # 1 MB per token; run 1 decodes at 0.1 ms/token = 10 GB/s between probes of 18 and 22 GB/s (0.5),
+    # run 2 at 0.05 ms = 20 GB/s between 22 and 42 (20/32), run 3 at 0.1 ms = 10 GB/s between 42 and 38.
+    frac = roofline.probed_bw_frac(1e6, [0.1, 0.05, 0.1], [18.0, 22.0, 42.0, 38.0])
+    assert frac == pytest.approx(0.5)  # median of 0.5, 0.625, 0.25
+    with pytest.raises(ValueError, match="one probe more than runs"):
+        roofline.probed_bw_frac(1e6, [0.1, 0.1], [20.0, 20.0])

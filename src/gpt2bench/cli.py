@@ -62,6 +62,9 @@ def run(
     ] = None,
     rebuild: Annotated[bool, typer.Option(help="Rebuild cached artifacts (ONNX export...) first.")] = False,
     quality: Annotated[bool, typer.Option(help="Also measure perplexity and agreement with hf-eager fp32.")] = False,
+    probe_bandwidth: Annotated[
+        bool, typer.Option(help="Measure read bandwidth around every timed run, for the roofline ratio (CPU).")
+    ] = False,
     eval_text: Annotated[Path | None, typer.Option(help="Perplexity text (default: bundled WikiText-2 test).")] = None,
     ppl_window: Annotated[int | None, typer.Option(help="Perplexity window (default: the model's context).")] = None,
     ppl_stride: Annotated[int | None, typer.Option(help="Sliding-window stride (default: the window).")] = None,
@@ -98,6 +101,7 @@ def run(
         sampling=Sampling(temperature, top_k, top_p, seed),
         options=options,
         quality=quality_settings,
+        probe_bandwidth=probe_bandwidth,
     )
     spec.validate()
 

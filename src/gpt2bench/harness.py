@@ -50,6 +50,8 @@ class Measurement:
     setup_s: float  # per-cell preparation before warm-up (static cache, compilation)
     setup_phases: dict[str, float]
     device_memory: dict[str, float] = field(default_factory=dict)
+    # Read bandwidth (GB/s) probed before each timed run and after the last: repeats + 1 samples.
+    bandwidth_gbs: list[float] = field(default_factory=list)
 
     @property
     def tokens_per_run(self) -> int:
@@ -112,8 +114,12 @@ def measure(
     warmup: int,
     repeats: int,
     on_step: Callable[[str, int, int], None] | None = None,
+    probe: Callable[[], float] | None = None,
 ) -> Measurement:
-    """Set up for the cell's shapes, warm up (results discarded), then time `repeats` generations."""
+    """Set up for the cell's shapes, warm up (results discarded), then time `repeats` generations.
+
+    `probe` (a read-bandwidth microbenchmark) runs around every timed generation, outside its
+    clock, so each run's decode speed can be set against the memory speed of its own moment."""
     t0 = time.perf_counter_ns()
     setup_phases = dict(backend.setup(prompts.batch_size, prompts.prompt_len, gen_len, sampling) or {})
     backend.synchronize()
@@ -125,13 +131,26 @@ def measure(
     scope = "measurement" if reset_peak_rss() else "process"
     backend.reset_peak_memory()
     monitor = ContentionMonitor()
-    generations = []
+    generations, bandwidth = [], []
     for i in range(repeats):
+        if probe:
+            bandwidth.append(probe())
         generations.append(timed_generation(backend, prompts.input_ids, gen_len, sampling))
         if on_step:
             on_step("measure", i + 1, repeats)
+    if probe:
+        bandwidth.append(probe())
     contention = monitor.stop()
     runs = [run_metrics(g.start_ns, g.token_ns, prompts.batch_size, prompts.prompt_len) for g in generations]
     return Measurement(
-        generations, runs, warmup, contention, peak_rss_mb(), scope, setup_s, setup_phases, backend.memory_stats()
+        generations,
+        runs,
+        warmup,
+        contention,
+        peak_rss_mb(),
+        scope,
+        setup_s,
+        setup_phases,
+        backend.memory_stats(),
+        bandwidth,
     )

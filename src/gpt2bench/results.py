@@ -84,6 +84,8 @@ ROOFLINE_COLUMNS = [
     "weight_bytes_per_token",
     "decode_gbs",
     "decode_bw_frac",
+    "read_bandwidth_gbs",
+    "bandwidth_source",  # "probe": measured around this row's runs; "cached": once per machine
     "prefill_gflop",
     "prefill_gflops",
     "prefill_peak_frac",

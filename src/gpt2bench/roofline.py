@@ -4,7 +4,10 @@ so TPOT >= weight bytes / read bandwidth. Pure arithmetic plus one cached microb
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from gpt2bench.fsutil import atomic_write_text
@@ -63,6 +66,23 @@ def roofline_columns(
         "prefill_gflops": gflops,
         "prefill_peak_frac": gflops / peak_gflops if gflops and peak_gflops else None,
     }
+
+
+def probed_bw_frac(weight_bytes: float, tpot_ms: Sequence[float], bandwidth_gbs: Sequence[float]) -> float:
+    """Median over runs of (achieved decode bandwidth / read bandwidth probed around that run).
+
+    Run i sits between probes i and i+1; their mean is its memory speed. Pairing each run with its
+    own moment cancels what a shared machine does to both, which a bandwidth measured once (or at
+    another time) cannot: here the probe moved between 25 and 46 GB/s within minutes.
+    """
+    if len(bandwidth_gbs) != len(tpot_ms) + 1:
+        raise ValueError(f"need one probe more than runs, got {len(bandwidth_gbs)} for {len(tpot_ms)} runs")
+    fracs = [
+        weight_bytes / (tpot / 1e3) / 1e9 / ((before + after) / 2)
+        for tpot, before, after in zip(tpot_ms, bandwidth_gbs, bandwidth_gbs[1:], strict=False)
+        if tpot > 0
+    ]
+    return statistics.median(fracs) if fracs else math.nan
 
 
 def measure_peak_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:

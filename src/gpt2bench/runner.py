@@ -94,7 +94,14 @@ def measure_cell(
     backend, model, tokenizer, load = session.backend, session.model, session.tokenizer, session.load
     check_fits(spec, model)
     prompts = make_prompts(tokenizer, spec.prompt_len, spec.batch_size)
-    m = measure(backend, prompts, spec.gen_len, spec.sampling, spec.warmup, spec.repeats, on_step)
+    probe = None
+    if spec.probe_bandwidth:
+        from gpt2bench.roofline import measure_read_bandwidth
+
+        def probe() -> float:
+            return measure_read_bandwidth(spec.threads, size_mb=256, repeats=3)
+
+    m = measure(backend, prompts, spec.gen_len, spec.sampling, spec.warmup, spec.repeats, on_step, probe)
     details = backend.describe()
     quality = _quality(backend, model, tokenizer, spec.quality, on_step) if spec.quality is not None else {}
 
@@ -144,7 +151,7 @@ def measure_cell(
         **m.setup_phases,
         **m.device_memory,
     }
-    row.update(_roofline(row, model, spec.device, spec.threads))
+    row.update(_roofline(row, model, spec.device, spec.threads, [r.tpot_ms for r in m.runs], m.bandwidth_gbs))
     first = m.generations[0].tokens[0]
     sample_text = tokenizer.decode(first.tolist())
     samples = {
@@ -158,6 +165,7 @@ def measure_cell(
         "backend_details": details,
         "spec": {**spec.as_record(), "quality": spec.quality.record() if spec.quality else None},
         "contention_wall_s": m.contention.wall_s,
+        "bandwidth_gbs": m.bandwidth_gbs,  # probes around the timed runs, when asked for
         "torch": env["torch"],
     }
     return CellResult(row, samples, details, model, sample_text, env)
@@ -173,12 +181,22 @@ def run_cell(
         session.close()
 
 
-def _roofline(row: dict[str, Any], model: Any, device: str, threads: int) -> dict[str, Any]:
-    """Roofline columns; the machine's roofs are CPU microbenchmarks, so GPU rows get none."""
-    from gpt2bench.roofline import machine_roofs, roofline_columns
+def _roofline(
+    row: dict[str, Any], model: Any, device: str, threads: int, tpot_ms: list[float], probed: list[float]
+) -> dict[str, Any]:
+    """Roofline columns; the machine's roofs are CPU microbenchmarks, so GPU rows get none. With
+    probes around the runs, the bandwidth is theirs and each run is set against its own moment."""
+    import statistics
+
+    from gpt2bench.roofline import machine_roofs, probed_bw_frac, roofline_columns
 
     roofs = machine_roofs(threads) if device == "cpu" else {}
-    return roofline_columns(row, model.config(), roofs.get("read_bandwidth_gbs"), roofs.get("peak_gflops"))
+    bandwidth = statistics.median(probed) if probed else roofs.get("read_bandwidth_gbs")
+    cols = roofline_columns(row, model.config(), bandwidth, roofs.get("peak_gflops"))
+    if probed:
+        cols["decode_bw_frac"] = probed_bw_frac(cols["weight_bytes_per_token"], tpot_ms, probed)
+    source = "probe" if probed else "cached" if bandwidth else None
+    return {**cols, "read_bandwidth_gbs": bandwidth, "bandwidth_source": source}
 
 
 def _quality(

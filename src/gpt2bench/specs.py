@@ -69,6 +69,7 @@ class RunSpec:
     sampling: Sampling = field(default_factory=Sampling)
     options: dict[str, Any] = field(default_factory=dict)
     quality: QualitySettings | None = None  # None: speed only
+    probe_bandwidth: bool = False  # measure read bandwidth around every timed run (CPU only)
 
     def validate(self) -> None:
         from gpt2bench.backends import get_backend
@@ -83,6 +84,8 @@ class RunSpec:
             raise UsageError(
                 f"prompt-len + gen-len = {self.prompt_len + self.gen_len} exceeds GPT-2's {MAX_CONTEXT}-token context"
             )
+        if self.probe_bandwidth and self.device != "cpu":
+            raise UsageError("--probe-bandwidth measures the CPU's memory; it is for --device cpu")
         if self.device not in DEVICES:
             raise UsageError(f"unknown device '{self.device}' (choose from: {', '.join(DEVICES)})")
         if self.device not in info.devices:

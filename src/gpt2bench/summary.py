@@ -85,7 +85,8 @@ def print_summary(
         peak = row.get("prefill_peak_frac")
         facts.append(
             f"roofline: decode reads {row['weight_bytes_per_token'] / 1e6:.0f} MB of weights per step, "
-            f"{row['decode_gbs']:.1f} GB/s ({_fmt((frac or 0) * 100, 0)}% of measured bandwidth); prefill "
+            f"{row['decode_gbs']:.1f} GB/s ({_fmt((frac or 0) * 100, 0)}% of the {_fmt(row.get('read_bandwidth_gbs'))} "
+            f"GB/s measured, {row.get('bandwidth_source')}); prefill "
             f"{row['prefill_gflops']:.1f} GFLOP/s ({_fmt((peak or 0) * 100, 0)}% of peak matmul)"
         )
     if details:
