@@ -11,15 +11,14 @@ with load and thermal state. Example (the ONNX issue's targets):
 A backend may carry a dtype, e.g. `static-kv@bf16`. `--expect BACKEND:METRIC:SPEEDUP` checks
 reference/backend >= SPEEDUP for e2e, tpot or ttft; `--within-bound BACKEND:FACTOR` checks that
 its TPOT is within FACTOR x its memory-bandwidth bound (weight bytes read per decoded token /
-this machine's read bandwidth, measured around the backends in the same run). The exit code is 1
-when a check fails.
+this machine's read bandwidth, probed around each timed repetition). The exit code is 1 when a
+check fails.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ def run_backend(label: str, args: argparse.Namespace, out: Path) -> dict:
     cmd = [sys.executable, "-m", "gpt2bench", "run", "--backend", backend, "--dtype", dtype or "fp32"]
     cmd += ["--model", args.model, "--prompt-len", str(args.prompt_len), "--gen-len", str(args.gen_len)]
     cmd += ["--repeats", str(args.repeats), "--warmup", str(args.warmup), "--output", str(out / label)]
+    cmd += ["--probe-bandwidth"]
     for opt in args.option.get(label, []):
         cmd += ["--option", opt]
     print(f"$ {' '.join(cmd[2:])}", flush=True)
@@ -60,21 +60,13 @@ def main() -> int:
         name, _, opt = item.partition(":")
         args.option.setdefault(name, []).append(opt)
 
-    from gpt2bench.roofline import measure_read_bandwidth
-    from gpt2bench.specs import default_threads
-
-    # The bound's bandwidth is measured in this run, before, between and after the backends (the
-    # memory system's speed here drifts with neighbours' load as much as the timings do), with the
-    # threads `gpt2bench run` uses; the median sample is the bandwidth, the spread is printed.
-    threads = default_threads()
-    samples = [measure_read_bandwidth(threads)]
-    rows = {}
+    # Every run probes read bandwidth around each timed repetition (`--probe-bandwidth`): memory
+    # speed here drifts with neighbours' load (25-46 GB/s within minutes), so each repetition's
+    # decode is set against its own moment; TPOT/bound is 1 / the row's decode_bw_frac.
     with tempfile.TemporaryDirectory(prefix="gpt2bench-ratios-") as tmp:
-        for b in args.backends:
-            rows[b] = run_backend(b, args, Path(tmp))
-            samples.append(measure_read_bandwidth(threads))
-    bandwidth = statistics.median(samples)
-    bound_ms = {b: row["weight_bytes_per_token"] / (bandwidth * 1e9) * 1e3 for b, row in rows.items()}
+        rows = {b: run_backend(b, args, Path(tmp)) for b in args.backends}
+    bound_ms = {b: row["weight_bytes_per_token"] / (row["read_bandwidth_gbs"] * 1e9) * 1e3 for b, row in rows.items()}
+    over_bound = {b: 1 / row["decode_bw_frac"] for b, row in rows.items()}
     ref_name = args.backends[0]
     ref = rows[ref_name]
     print(
@@ -82,9 +74,8 @@ def main() -> int:
         f"threads={ref['threads']}; speedup = {ref_name} time / backend time (medians)\n"
     )
     print(
-        f"read bandwidth {bandwidth:.1f} GB/s ({threads} threads; median of {len(samples)} samples taken around "
-        f"the backends, {min(samples):.1f}-{max(samples):.1f}); bound = weight bytes read per decoded token / "
-        "bandwidth, weights counted as the backend stores them (a quantized backend reads fewer bytes)\n"
+        "bound = weight bytes read per decoded token / read bandwidth (median of the probes around the row's "
+        "runs); TPOT/bnd pairs each run with its own probes; weights counted as the backend stores them\n"
     )
     header = ("backend", "TTFT ms", "TPOT ms", "e2e ms", "e2e x", "TPOT x", "bound ms", "TPOT/bnd", "setup s")
     print(f"{header[0]:<18}" + "".join(f"{h:>10}" for h in header[1:]) + f"{'noise':>8}")
@@ -96,11 +87,11 @@ def main() -> int:
             ref["e2e_ms_median"] / row["e2e_ms_median"],
             ref["tpot_ms_median"] / row["tpot_ms_median"],
             bound_ms[name],
-            row["tpot_ms_median"] / bound_ms[name],
+            over_bound[name],
             row["setup_s"],
         ]
         print(f"{name:<18}" + "".join(f"{c:>10.2f}" for c in cells) + f"{row['other_cpu_frac']:>8.1%}")
-    if any(row["tpot_ms_median"] < bound_ms[name] for name, row in rows.items()):
+    if any(ratio < 1 for ratio in over_bound.values()):
         print(
             "note: TPOT/bnd below 1.00 means the decode read faster than the microbenchmark did: the bound "
             "then underestimates what this machine's memory delivers"
@@ -114,7 +105,7 @@ def main() -> int:
         print(f"expect {name} {metric} >= {target}x {ref_name}: {speedup:.2f}x {'PASS' if ok else 'FAIL'}")
     for item in args.within_bound:
         name, factor = item.split(":")
-        ratio = rows[name]["tpot_ms_median"] / bound_ms[name]
+        ratio = over_bound[name]
         ok = ratio <= float(factor)
         failed += not ok
         print(f"expect {name} TPOT <= {factor}x its bandwidth bound: {ratio:.2f}x {'PASS' if ok else 'FAIL'}")

@@ -135,10 +135,14 @@ class _StaticKV(TorchDevice, Backend):
         if self.device.type == "cpu":
             # Inductor settings go per compile, so they cannot leak into other compiled code in the
             # process. The autotune report (every GEMM candidate's timing on stderr) is not ours.
+            # GEMMs come from inductor's C++ template only: with oneDNN/MKL as candidates too, noisy
+            # autotuning timings here picked a different mix per compile, and the extern kernels
+            # read weights at 10-20 GB/s against the template's ~30 (bf16 TPOT 9-13 ms by process).
             options = {
                 **MODE_OPTIONS[self.mode],
                 "autotune_num_choices_displayed": 0,
                 "max_autotune_report_choices_stats": False,
+                "max_autotune_gemm_backends": "CPP",
             }
             decode = torch.compile(decode_step, options=options, fullgraph=True, dynamic=False)
         else:
