@@ -32,9 +32,8 @@ if TYPE_CHECKING:
 CACHE_ROUND = 64  # cache length rounded up, so nearby cells share a compiled graph
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEFAULT_MODE = {"cpu": "max-autotune-no-cudagraphs", "cuda": "reduce-overhead"}
-# torch.compile takes a mode or an options dict, not both; on the CPU we pass options (to silence the
-# autotune report),
-# so each mode is spelled out as the inductor settings it stands for.
+# torch.compile takes a mode or an options dict, not both; on the CPU we pass options (the GEMM
+# backends, a silent autotune report), so each mode is spelled out as the inductor settings it stands for.
 MODE_OPTIONS: dict[str, dict[str, Any]] = {
     "default": {},
     "reduce-overhead": {"triton.cudagraphs": True},
