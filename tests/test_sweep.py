@@ -12,6 +12,7 @@ import pytest
 
 from conftest import run_cli
 from gpt2bench.errors import UsageError
+from gpt2bench.roofline import probed_bw_frac
 from gpt2bench.sweep import merge_rounds
 from gpt2bench.sweep_spec import load_sweep
 
@@ -88,6 +89,15 @@ def test_cpu_config_has_the_study_grid_and_headline():
             "duplicate backend",
         ),
         ("", "the config is empty"),
+        (
+            "output: x\ndevice: cuda\nprobe_bandwidth: true\nprompt_lens: [1]\ngen_lens: [1]\n"
+            "backends: [{name: hf-eager}]\n",
+            ":3: probe_bandwidth: probes the CPU's memory",
+        ),
+        (
+            "output: x\nprobe_bandwidth: sometimes\nprompt_lens: [1]\ngen_lens: [1]\nbackends: [{name: hf-eager}]\n",
+            ":2: probe_bandwidth: expected a bool",
+        ),
     ],
 )
 def test_config_errors_name_the_field_and_line(tmp_path, text, message):
@@ -170,7 +180,8 @@ def test_interleaved_sweep_pools_rounds(tmp_path, tiny_model_dir):
     out = tmp_path / "out"
     config = _write(
         tmp_path,
-        BASE.format(out=out, model=tiny_model_dir) + "backends:\n  - name: hf-eager\n  - name: static-kv-eager\n",
+        BASE.format(out=out, model=tiny_model_dir)
+        + "probe_bandwidth: true\nbackends:\n  - name: hf-eager\n  - name: static-kv-eager\n",
     )
     proc = run_cli("sweep", str(config), "--interleave", "--quality")
     assert proc.returncode == 0, proc.stderr
@@ -179,6 +190,15 @@ def test_interleaved_sweep_pools_rounds(tmp_path, tiny_model_dir):
     for row, samples in zip(doc["rows"], doc["samples"], strict=True):
         assert row["repeats"] == 2 and samples["interleaved_rounds"] == 2
         assert len(samples["per_run"]["e2e_ms"]) == 2 and row["e2e_ms_min"] <= row["e2e_ms_median"] <= row["e2e_ms_max"]
+        # Roofline figures come from the pooled rounds, each round's run paired with its own probes.
+        rounds = samples["bandwidth_gbs"]
+        assert row["bandwidth_source"] == "probe" and [len(r) for r in rounds] == [2, 2]
+        assert row["decode_gbs"] == pytest.approx(row["weight_bytes_per_token"] / row["tpot_ms_median"] / 1e6)
+        fracs = [
+            probed_bw_frac(row["weight_bytes_per_token"], [tpot], probes)
+            for tpot, probes in zip(samples["per_run"]["tpot_ms"], rounds, strict=True)
+        ]
+        assert row["decode_bw_frac"] == pytest.approx(sum(fracs) / 2)
     # --quality overrode the config; quality is per backend, so only the first cell measures it.
     first = [r for r in doc["rows"] if r["prompt_len"] == 4]
     assert all(r["ppl"] > 1 and r["ppl_windows"] == 4 for r in first)
@@ -206,6 +226,44 @@ def test_merge_rounds_recomputes_statistics_from_raw_samples():
     assert row["repeats"] == 3 and row["e2e_ms_median"] == 20 and row["e2e_ms_min"] == 10
     assert row["other_cpu_s"] == pytest.approx(0.3) and row["peak_rss_mb"] == 130
     assert merged["itl_ms"] == [[1.0, 2.0]] * 3 and merged["interleaved_rounds"] == 3
+
+
+def test_merge_rounds_recomputes_roofline_from_the_pooled_medians():
+    def round_(ms, probes=None):
+        # Each round's own roofline columns, as measure_cell wrote them (a 1 GB/s cached roof).
+        row = {
+            "warmup": 1,
+            "setup_s": 0.5,
+            "other_cpu_s": 0.0,
+            "other_cpu_frac": 0.0,
+            "peak_rss_mb": 100,
+            "tokens_consistent": True,
+            "weight_bytes_per_token": 1e6,
+            "decode_gbs": 1e6 / ms / 1e6,
+            "read_bandwidth_gbs": 1.0,
+            "decode_bw_frac": 1e6 / ms / 1e6,
+            "prefill_gflop": 2.0,
+            "prefill_gflops": 2.0 / ms * 1e3,
+            "prefill_peak_frac": 2.0 / ms * 1e3 / 100.0,  # a 100 GFLOP/s peak
+        }
+        per_run = {m: [ms] for m in ("ttft_ms", "tpot_ms", "e2e_ms", "decode_tps", "overall_tps", "prefill_tps")}
+        sample = {"per_run": per_run, "itl_ms": [[ms]], "contention_wall_s": 1.0}
+        if probes:
+            sample["bandwidth_gbs"] = probes
+        return row, sample
+
+    # The last round alone (4 ms) must not set the row: the pooled median TPOT/TTFT is 2 ms.
+    rows, samples = zip(*(round_(ms) for ms in (1.0, 2.0, 4.0)), strict=True)
+    row, _ = merge_rounds(list(rows), list(samples))
+    assert row["decode_gbs"] == pytest.approx(0.5) and row["decode_bw_frac"] == pytest.approx(0.5)
+    assert row["prefill_gflops"] == pytest.approx(1000.0) and row["prefill_peak_frac"] == pytest.approx(10.0)
+
+    # With probes: each round's run is set against the mean of its own two probes.
+    probes = ([0.5, 1.5], [1.0, 3.0], [4.0, 4.0])  # fracs 1/1, 0.5/2, 0.25/4
+    rows, samples = zip(*(round_(ms, p) for ms, p in zip((1.0, 2.0, 4.0), probes, strict=True)), strict=True)
+    row, merged = merge_rounds(list(rows), list(samples))
+    assert row["decode_bw_frac"] == pytest.approx(0.25) and row["read_bandwidth_gbs"] == pytest.approx(2.25)
+    assert merged["bandwidth_gbs"] == list(probes)
 
 
 def test_a_worker_that_times_out_is_killed_and_a_fresh_one_takes_the_next_cell(tmp_path, tiny_model_dir):

@@ -85,6 +85,32 @@ def probed_bw_frac(weight_bytes: float, tpot_ms: Sequence[float], bandwidth_gbs:
     return statistics.median(fracs) if fracs else math.nan
 
 
+def pooled_roofline(
+    last: dict[str, Any], tpot_ms: float, ttft_ms: float, probed: Sequence[tuple[Sequence[float], Sequence[float]]]
+) -> dict[str, Any]:
+    """Roofline columns of interleaved rounds pooled into one row. `last` is one round's row (its
+    weight bytes, FLOPs and roofs hold for every round); `tpot_ms`/`ttft_ms` are the pooled
+    medians; `probed` holds each round's (TPOT per run, probes around them), empty without probes.
+    A fraction of a fixed roof scales with its rate, so the cached-roof fractions are rescaled."""
+    cols: dict[str, Any] = {}
+    weight_bytes, gflop = last.get("weight_bytes_per_token"), last.get("prefill_gflop")
+    if weight_bytes is not None:
+        decode_gbs = weight_bytes / (tpot_ms / 1e3) / 1e9 if tpot_ms > 0 else None
+        cols["decode_gbs"] = decode_gbs
+        if probed:
+            fracs = [probed_bw_frac(weight_bytes, tpots, probes) for tpots, probes in probed]
+            cols["decode_bw_frac"] = statistics.median(fracs)
+            cols["read_bandwidth_gbs"] = statistics.median(p for _, probes in probed for p in probes)
+        elif last.get("read_bandwidth_gbs") and decode_gbs:
+            cols["decode_bw_frac"] = decode_gbs / last["read_bandwidth_gbs"]
+    if gflop is not None:
+        gflops = gflop / (ttft_ms / 1e3) if ttft_ms > 0 else None
+        cols["prefill_gflops"] = gflops
+        if last.get("prefill_peak_frac") and last.get("prefill_gflops") and gflops:
+            cols["prefill_peak_frac"] = last["prefill_peak_frac"] * gflops / last["prefill_gflops"]
+    return cols
+
+
 def measure_peak_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
     """GFLOP/s of the best fp32 square matmul: the compute roof for prefill."""
     import torch

@@ -22,6 +22,7 @@ from typing import Any
 from gpt2bench.errors import UsageError
 from gpt2bench.metrics import PER_RUN_METRICS, percentiles, summarize
 from gpt2bench.results import ResultsStore
+from gpt2bench.roofline import pooled_roofline
 from gpt2bench.sweep_spec import BackendConfig, Cell, SweepSpec, cell_key, to_quality_settings
 
 Progress = Callable[[str], None]
@@ -45,6 +46,7 @@ class Worker:
                 "model": spec.model,
                 "device": spec.device,
                 "threads": threads,
+                "probe_bandwidth": spec.probe_bandwidth,
                 "sampling": asdict(Sampling()),
                 "quality": {**asdict(quality), "text": str(quality.text)} if quality else None,
             },
@@ -146,7 +148,8 @@ def failed_row(spec: SweepSpec, backend: BackendConfig, cell: Cell, run_id: str,
 
 def merge_rounds(rows: list[dict[str, Any]], samples: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Combine interleaved rounds (each a few repetitions) of one backend and cell into one row:
-    statistics recomputed from the pooled raw samples, CPU noise summed, peaks maxed."""
+    statistics and roofline figures recomputed from the pooled raw samples, CPU noise summed,
+    peaks maxed. Each round's probes (when asked for) pair with that round's own run."""
     row = dict(rows[-1])  # the last round carries quality, when asked for
     per_run = {m: [v for s in samples for v in s["per_run"][m]] for m in PER_RUN_METRICS}
     itl = [lat for s in samples for run in s["itl_ms"] for lat in run]
@@ -161,11 +164,15 @@ def merge_rounds(rows: list[dict[str, Any]], samples: list[dict[str, Any]]) -> t
     row["other_cpu_frac"] = row["other_cpu_s"] / (walls * (os.cpu_count() or 1)) if walls else math.nan
     row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rows)
     row["tokens_consistent"] = all(r["tokens_consistent"] for r in rows)
+    probed = [(s["per_run"]["tpot_ms"], s["bandwidth_gbs"]) for s in samples if s.get("bandwidth_gbs")]
+    row.update(pooled_roofline(rows[-1], row["tpot_ms_median"], row["ttft_ms_median"], probed))
     merged = dict(samples[-1])
     merged["per_run"] = per_run
     merged["itl_ms"] = [run for s in samples for run in s["itl_ms"]]
     merged["contention_wall_s"] = walls
     merged["interleaved_rounds"] = len(rows)
+    if probed:
+        merged["bandwidth_gbs"] = [probes for _, probes in probed]  # per round: before and after its run
     return row, merged
 
 

@@ -12,6 +12,7 @@ batch_sizes: [1]
 extra_cells:                  # optional cells outside the grid
   - {prompt_len: 50, gen_len: 100, batch_size: 1}
 interleave: false             # alternate backends repetition by repetition
+probe_bandwidth: false        # CPU: probe read bandwidth around every timed run (as run --probe-bandwidth)
 cell_timeout_s: 1800
 quality: {enabled: false, window: null, stride: null, max_windows: 4, eval_text: null}
 backends:
@@ -44,6 +45,7 @@ TOP_KEYS = {
     "batch_sizes",
     "extra_cells",
     "interleave",
+    "probe_bandwidth",
     "cell_timeout_s",
     "quality",
     "backends",
@@ -91,6 +93,7 @@ class SweepSpec:
     repeats: int = 5
     warmup: int = 2
     interleave: bool = False
+    probe_bandwidth: bool = False
     cell_timeout_s: float = 1800.0
     quality: QualityConfig = field(default_factory=QualityConfig)
     source: str = ""
@@ -191,6 +194,9 @@ def load_sweep(path: Path) -> SweepSpec:
     device = _scalar(src, get("device"), str) if "device" in top else "cpu"
     if device not in DEVICES:
         raise _fail(src, get("device"), f"unknown device '{device}' (choose from: {', '.join(DEVICES)})")
+    probe_bandwidth = _scalar(src, get("probe_bandwidth"), bool) if "probe_bandwidth" in top else False
+    if probe_bandwidth and device != "cpu":
+        raise _fail(src, get("probe_bandwidth"), "probes the CPU's memory; it is for device: cpu")
     prompt_lens, gen_lens = _int_list(src, top["prompt_lens"]), _int_list(src, top["gen_lens"])
     batch_sizes = _int_list(src, top["batch_sizes"]) if "batch_sizes" in top else [1]
     cells = [Cell(p, g, b) for p in prompt_lens for g in gen_lens for b in batch_sizes]
@@ -275,6 +281,7 @@ def load_sweep(path: Path) -> SweepSpec:
         repeats=_positive_int(src, get("repeats")) if "repeats" in top else 5,
         warmup=_positive_int(src, get("warmup"), minimum=0) if "warmup" in top else 2,
         interleave=_scalar(src, get("interleave"), bool) if "interleave" in top else False,
+        probe_bandwidth=probe_bandwidth,
         cell_timeout_s=_scalar(src, get("cell_timeout_s"), float) if "cell_timeout_s" in top else 1800.0,
         quality=quality,
         source=src,
