@@ -25,6 +25,21 @@ def test_fp32_onnx_matches_hf_eager_on_tiny(tiny_model, prompts, reference, name
     assert np.abs(backend.logits(prompts) - logits).max() < 1e-4
 
 
+@pytest.mark.parametrize("name", ["onnx", "onnx-int8"])
+def test_generation_computes_logits_for_the_last_prompt_position_only(tiny_model, prompts, name):
+    # As hf-eager's logits_to_keep=1: lm_head over every prompt position would bill the prefill
+    # (TTFT) for a 50257-wide matmul per prompt token that generation never reads.
+    backend = load_backend(name, tiny_model)
+    past = backend._empty_past(prompts.shape[0])
+    last, _ = backend._run(prompts, 0, past)
+    full, _ = backend._run(prompts, 0, past, all_logits=True)
+    assert last.shape == (prompts.shape[0], 1, 50257) and full.shape == (*prompts.shape, 50257)
+    # int8 quantizes activations with one scale per call, taken over the rows present: lm_head's
+    # input is one row instead of all 16, so its logits move slightly (0.02 of 6.4 here).
+    np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-5 if name == "onnx" else 0.1)
+    np.testing.assert_array_equal(last[:, 0].argmax(-1), full[:, -1].argmax(-1))
+
+
 def test_onnx_opt_reports_its_fusions(tiny_model):
     fusions = load_backend("onnx-opt", tiny_model).describe()["fusions"]
     assert fusions.get("SkipLayerNormalization", 0) > 0 and fusions.get("FastGelu", 0) == N_LAYER, fusions

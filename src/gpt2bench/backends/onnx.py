@@ -103,12 +103,16 @@ class _OrtBackend(Backend):
             return {n: self._ort.OrtValue.ortvalue_from_numpy(empty, "cuda", 0) for n in self.past_names}
         return dict.fromkeys(self.past_names, empty)
 
-    def _run(self, ids: np.ndarray, past_len: int, past: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    def _run(
+        self, ids: np.ndarray, past_len: int, past: dict[str, Any], all_logits: bool = False
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """One forward pass; logits for the last position only unless `all_logits`."""
         batch, seq = ids.shape
         feed = {
             "input_ids": ids,
             "attention_mask": np.ones((batch, past_len + seq), dtype=np.int64),
             "position_ids": np.broadcast_to(np.arange(past_len, past_len + seq, dtype=np.int64), (batch, seq)).copy(),
+            "logits_positions": np.arange(seq, dtype=np.int64) if all_logits else np.array([seq - 1], dtype=np.int64),
         }
         if not self.cuda:
             outputs = self.session.run(None, {**feed, **past})
@@ -139,7 +143,7 @@ class _OrtBackend(Backend):
 
     def logits(self, input_ids: np.ndarray) -> np.ndarray:
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
-        logits, _ = self._run(ids, 0, self._empty_past(ids.shape[0]))
+        logits, _ = self._run(ids, 0, self._empty_past(ids.shape[0]), all_logits=True)
         return logits.astype(np.float32, copy=False)
 
     def trace(self, run: Callable[[], None], out_dir: Path) -> Path | None:

@@ -35,7 +35,7 @@ from gpt2bench.paths import cache_dir
 
 log = logging.getLogger("gpt2bench")
 
-EXPORT_VERSION = 1  # bump when this file changes what it writes
+EXPORT_VERSION = 2  # bump when this file changes what it writes (2: logits_positions input)
 OPSET = 17
 EXPORTER = "torchscript"  # torch.onnx.export(dynamo=False); see export_onnx for why not dynamo
 VARIANTS = ("onnx", "onnx-opt", "onnx-int8")
@@ -60,7 +60,11 @@ class Artifact:
 def export_onnx(model_dir: Path, out: Path) -> dict[str, Any]:
     """The legacy TorchScript exporter around a wrapper that rebuilds a DynamicCache from flat
     past tensors. The dynamo exporter's GPT-2 graph crashes onnxruntime's GPT-2 optimizer and
-    quantizes badly (lm_head left fp32), so we do not use it."""
+    quantizes badly (lm_head left fp32), so we do not use it.
+
+    `logits_positions` picks the positions lm_head runs on: the last one for generation (as
+    hf-eager's `logits_to_keep=1`; all of a prompt's would cost a 50257-wide matmul per prompt
+    token, ~0.4 s of a 500-token prefill here), every one for the quality path."""
     import torch
     from transformers import DynamicCache, GPT2LMHeadModel
 
@@ -74,7 +78,7 @@ def export_onnx(model_dir: Path, out: Path) -> dict[str, Any]:
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids, attention_mask, position_ids, *past):  # type: ignore[no-untyped-def]
+        def forward(self, input_ids, attention_mask, position_ids, logits_positions, *past):  # type: ignore[no-untyped-def]
             cache = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(n_layer)])
             out = self.inner(
                 input_ids=input_ids,
@@ -82,6 +86,7 @@ def export_onnx(model_dir: Path, out: Path) -> dict[str, Any]:
                 position_ids=position_ids,
                 past_key_values=cache,
                 use_cache=True,
+                logits_to_keep=logits_positions,  # a tensor of indices: traced as a Gather
             )
             presents = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
             return (out.logits, *presents)
@@ -94,15 +99,17 @@ def export_onnx(model_dir: Path, out: Path) -> dict[str, Any]:
         torch.randint(0, cfg.vocab_size, (batch, seq)),
         torch.ones(batch, past + seq, dtype=torch.long),
         torch.arange(past, past + seq).repeat(batch, 1),
+        torch.tensor([seq - 1]),
         *[torch.zeros(batch, n_head, past, head_dim) for _ in range(2 * n_layer)],
     )
-    inputs = ["input_ids", "attention_mask", "position_ids", *past_names(n_layer)]
+    inputs = ["input_ids", "attention_mask", "position_ids", "logits_positions", *past_names(n_layer)]
     outputs = ["logits", *present_names(n_layer)]
     dynamic = {
         "input_ids": {0: "batch", 1: "seq"},
         "attention_mask": {0: "batch", 1: "total"},
         "position_ids": {0: "batch", 1: "seq"},
-        "logits": {0: "batch", 1: "seq"},
+        "logits_positions": {0: "kept"},
+        "logits": {0: "batch", 1: "kept"},
         **{n: {0: "batch", 2: "past"} for n in past_names(n_layer)},
         **{n: {0: "batch", 2: "total"} for n in present_names(n_layer)},
     }
