@@ -28,6 +28,7 @@ METRICS = {"e2e": "e2e_ms_median", "tpot": "tpot_ms_median", "ttft": "ttft_ms_me
 
 
 def run_backend(label: str, args: argparse.Namespace, out: Path) -> dict:
+    """The row of one fresh `gpt2bench run`, with its bandwidth probes added as `probes_gbs`."""
     backend, _, dtype = label.partition("@")
     cmd = [sys.executable, "-m", "gpt2bench", "run", "--backend", backend, "--dtype", dtype or "fp32"]
     cmd += ["--model", args.model, "--prompt-len", str(args.prompt_len), "--gen-len", str(args.gen_len)]
@@ -40,7 +41,8 @@ def run_backend(label: str, args: argparse.Namespace, out: Path) -> dict:
     if proc.returncode != 0:
         sys.exit(f"{label} failed: {proc.stderr.strip()}")
     (run_dir,) = (out / label).iterdir()
-    return json.loads((run_dir / "results.json").read_text())["rows"][0]
+    doc = json.loads((run_dir / "results.json").read_text())
+    return {**doc["rows"][0], "probes_gbs": doc["samples"][0]["bandwidth_gbs"]}
 
 
 def main() -> int:
@@ -78,7 +80,7 @@ def main() -> int:
         "runs); TPOT/bnd pairs each run with its own probes; weights counted as the backend stores them\n"
     )
     header = ("backend", "TTFT ms", "TPOT ms", "e2e ms", "e2e x", "TPOT x", "bound ms", "TPOT/bnd", "setup s")
-    print(f"{header[0]:<18}" + "".join(f"{h:>10}" for h in header[1:]) + f"{'noise':>8}")
+    print(f"{header[0]:<18}" + "".join(f"{h:>10}" for h in header[1:]) + f"{'noise':>8}{'probes GB/s':>14}")
     for name, row in rows.items():
         cells = [
             row["ttft_ms_median"],
@@ -90,7 +92,9 @@ def main() -> int:
             over_bound[name],
             row["setup_s"],
         ]
-        print(f"{name:<18}" + "".join(f"{c:>10.2f}" for c in cells) + f"{row['other_cpu_frac']:>8.1%}")
+        # The probes' range shows when the memory changed state during the row (see README).
+        probes = f"{min(row['probes_gbs']):.0f}-{max(row['probes_gbs']):.0f}"
+        print(f"{name:<18}" + "".join(f"{c:>10.2f}" for c in cells) + f"{row['other_cpu_frac']:>8.1%}{probes:>14}")
     if any(ratio < 1 for ratio in over_bound.values()):
         print(
             "note: TPOT/bnd below 1.00 means the decode read faster than the microbenchmark did: the bound "
