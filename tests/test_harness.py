@@ -107,3 +107,16 @@ def test_bandwidth_probe_runs_around_each_timed_run_and_outside_its_clock(tokeni
     assert log == ["generate"] + ["probe", "generate"] * 3 + ["probe"]
     assert m.bandwidth_gbs == [11.0, 12.0, 13.0, 14.0]
     assert measure(_LogBackend([]), make_prompts(tokenizer, 4, 1), 3, Sampling(), 0, 2).bandwidth_gbs == []
+
+
+def test_peak_rss_leaves_out_the_probes_buffers(tokenizer):
+    def probe() -> float:
+        np.ones(300 * 2**20 // 8)  # 300 MB touched and freed, as the real probe does
+        return 1.0
+
+    prompts = make_prompts(tokenizer, 4, 1)
+    plain = measure(_LogBackend([]), prompts, 3, Sampling(), warmup=0, repeats=2)
+    probed = measure(_LogBackend([]), prompts, 3, Sampling(), warmup=0, repeats=2, probe=probe)
+    if probed.peak_rss_scope != "measurement":
+        pytest.skip("this OS cannot reset the peak RSS")
+    assert probed.peak_rss_mb < plain.peak_rss_mb + 100

@@ -131,11 +131,13 @@ def measure(
     scope = "measurement" if reset_peak_rss() else "process"
     backend.reset_peak_memory()
     monitor = ContentionMonitor()
-    generations, bandwidth = [], []
+    generations, bandwidth, peaks = [], [], []
     for i in range(repeats):
         if probe:
             bandwidth.append(probe())
+            reset_peak_rss()  # the probe's buffers (~0.5 GB) are not the backend's memory
         generations.append(timed_generation(backend, prompts.input_ids, gen_len, sampling))
+        peaks.append(peak_rss_mb())
         if on_step:
             on_step("measure", i + 1, repeats)
     if probe:
@@ -147,7 +149,7 @@ def measure(
         runs,
         warmup,
         contention,
-        peak_rss_mb(),
+        max(peaks, default=peak_rss_mb()),
         scope,
         setup_s,
         setup_phases,
