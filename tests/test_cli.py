@@ -169,7 +169,7 @@ def test_run_end_to_end_writes_results(tmp_path, tiny_model, tiny_model_dir):
 
 
 def test_probe_bandwidth_sets_each_run_against_its_own_probes(tmp_path, tiny_model_dir):
-    from gpt2bench.roofline import probed_bw_frac
+    from gpt2bench.roofline import probe_runs, probed_bw_frac
 
     args = ["--backend", "hf-eager", "--model", str(tiny_model_dir), "--prompt-len", "4", "--gen-len", "4"]
     proc = run_cli("run", *args, "--repeats", "2", "--warmup", "0", "--probe-bandwidth", "--output", str(tmp_path))
@@ -181,7 +181,7 @@ def test_probe_bandwidth_sets_each_run_against_its_own_probes(tmp_path, tiny_mod
     assert len(probes) == 3 and all(p > 0 for p in probes)
     assert row["bandwidth_source"] == "probe" and row["read_bandwidth_gbs"] == sorted(probes)[1]
     # The row's fraction is the one the pure function (tested on its own) gives for these runs.
-    expected = probed_bw_frac(row["weight_bytes_per_token"], samples["per_run"]["tpot_ms"], probes)
+    expected = probed_bw_frac(row["weight_bytes_per_token"], probe_runs(samples["per_run"]["tpot_ms"], probes))
     assert row["decode_bw_frac"] == pytest.approx(expected)
     assert "measured, probe" in proc.stdout
 

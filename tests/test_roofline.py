@@ -41,6 +41,11 @@ def test_roofline_columns_on_a_hand_made_row():
     flops = 2 * (2 * 54 * 3 + 2 * 2 * 1 * 2 * 3 * 4 / 2)  # batch 2: matmuls + causal attention
     assert prefill_flops(config, 2, 3) == pytest.approx(flops)
     assert cols["prefill_gflops"] == pytest.approx(flops / 0.002 / 1e9)
+    assert cols["prefill_peak_frac"] == pytest.approx(flops / 0.002 / 1e9 / 1e-4)
+    assert cols["bandwidth_source"] == "cached" and cols["peak_gflops"] == 1e-4
+    # Probed runs replace the cached fraction: 336 B / 10 ms = 33.6 kB/s against probes of 16.8 kB/s.
+    probed = roofline_columns(row, config, 1.0, None, [(10.0, 1.68e-5, 1.68e-5)])
+    assert probed["decode_bw_frac"] == pytest.approx(2.0) and probed["bandwidth_source"] == "probe"
     int8 = roofline_columns({**row, "backend": "onnx-int8"}, config, None, None)
     assert int8["weight_bytes_per_token"] == 84 and int8["decode_bw_frac"] is None
 
@@ -67,7 +72,8 @@ def test_real_microbenchmarks_return_positive_numbers():
 def test_probed_fraction_pairs_each_run_with_the_probes_around_it():
     # 1 MB per token; run 1 decodes at 0.1 ms/token = 10 GB/s between probes of 18 and 22 GB/s (0.5),
     # run 2 at 0.05 ms = 20 GB/s between 22 and 42 (20/32), run 3 at 0.1 ms = 10 GB/s between 42 and 38.
-    frac = roofline.probed_bw_frac(1e6, [0.1, 0.05, 0.1], [18.0, 22.0, 42.0, 38.0])
-    assert frac == pytest.approx(0.5)  # median of 0.5, 0.625, 0.25
+    runs = roofline.probe_runs([0.1, 0.05, 0.1], [18.0, 22.0, 42.0, 38.0])
+    assert runs == [(0.1, 18.0, 22.0), (0.05, 22.0, 42.0), (0.1, 42.0, 38.0)]
+    assert roofline.probed_bw_frac(1e6, runs) == pytest.approx(0.5)  # median of 0.5, 0.625, 0.25
     with pytest.raises(ValueError, match="one probe more than runs"):
-        roofline.probed_bw_frac(1e6, [0.1, 0.1], [20.0, 20.0])
+        roofline.probe_runs([0.1, 0.1], [20.0, 20.0])

@@ -194,11 +194,8 @@ def test_interleaved_sweep_pools_rounds(tmp_path, tiny_model_dir):
         rounds = samples["bandwidth_gbs"]
         assert row["bandwidth_source"] == "probe" and [len(r) for r in rounds] == [2, 2]
         assert row["decode_gbs"] == pytest.approx(row["weight_bytes_per_token"] / row["tpot_ms_median"] / 1e6)
-        fracs = [
-            probed_bw_frac(row["weight_bytes_per_token"], [tpot], probes)
-            for tpot, probes in zip(samples["per_run"]["tpot_ms"], rounds, strict=True)
-        ]
-        assert row["decode_bw_frac"] == pytest.approx(sum(fracs) / 2)
+        runs = [(tpot, *probes) for tpot, probes in zip(samples["per_run"]["tpot_ms"], rounds, strict=True)]
+        assert row["decode_bw_frac"] == pytest.approx(probed_bw_frac(row["weight_bytes_per_token"], runs))
     # --quality overrode the config; quality is per backend, so only the first cell measures it.
     first = [r for r in doc["rows"] if r["prompt_len"] == 4]
     assert all(r["ppl"] > 1 and r["ppl_windows"] == 4 for r in first)
@@ -217,6 +214,8 @@ def test_merge_rounds_recomputes_statistics_from_raw_samples():
             "peak_rss_mb": 100 + e2e,
             "tokens_consistent": True,
             "repeats": 1,
+            "weight_bytes_per_token": 1e6,
+            "prefill_gflop": 1.0,
         }
         per_run = {m: [e2e] for m in ("ttft_ms", "tpot_ms", "e2e_ms", "decode_tps", "overall_tps", "prefill_tps")}
         return row, {"per_run": per_run, "itl_ms": [[1.0, 2.0]], "contention_wall_s": 1.0}
@@ -244,7 +243,8 @@ def test_merge_rounds_recomputes_roofline_from_the_pooled_medians():
             "decode_bw_frac": 1e6 / ms / 1e6,
             "prefill_gflop": 2.0,
             "prefill_gflops": 2.0 / ms * 1e3,
-            "prefill_peak_frac": 2.0 / ms * 1e3 / 100.0,  # a 100 GFLOP/s peak
+            "peak_gflops": 100.0,
+            "prefill_peak_frac": 2.0 / ms * 1e3 / 100.0,
         }
         per_run = {m: [ms] for m in ("ttft_ms", "tpot_ms", "e2e_ms", "decode_tps", "overall_tps", "prefill_tps")}
         sample = {"per_run": per_run, "itl_ms": [[ms]], "contention_wall_s": 1.0}

@@ -47,68 +47,70 @@ def prefill_flops(config: dict[str, Any], batch: int, prompt: int) -> float:
 
 
 def roofline_columns(
-    row: dict[str, Any], config: dict[str, Any], bandwidth_gbs: float | None, peak_gflops: float | None
-) -> dict[str, float | None]:
-    """Per-row roofline figures. Decode at batch B still reads every weight once per step, so
-    achieved bandwidth = weight bytes / TPOT; prefill efficiency = FLOPs / TTFT against peak."""
+    row: dict[str, Any],
+    config: dict[str, Any],
+    bandwidth_gbs: float | None,
+    peak_gflops: float | None,
+    probed: Sequence[tuple[float, float, float]] = (),
+) -> dict[str, Any]:
+    """Per-row roofline figures: the cell's costs from the model config, then `roofline_rates`."""
     bytes_per_param = BACKEND_WEIGHT_BYTES.get(row["backend"], BYTES_PER_PARAM.get(row["dtype"], 4))
     weight_bytes = decode_weight_bytes(config, bytes_per_param)
-    tpot_s = (row.get("tpot_ms_median") or float("nan")) / 1e3
-    ttft_s = (row.get("ttft_ms_median") or float("nan")) / 1e3
+    gflop = prefill_flops(config, row["batch_size"], row["prompt_len"]) / 1e9
+    return roofline_rates(
+        weight_bytes, gflop, row.get("tpot_ms_median"), row.get("ttft_ms_median"), bandwidth_gbs, peak_gflops, probed
+    )
+
+
+def roofline_rates(
+    weight_bytes: float,
+    prefill_gflop: float,
+    tpot_ms: float | None,
+    ttft_ms: float | None,
+    bandwidth_gbs: float | None,
+    peak_gflops: float | None,
+    probed: Sequence[tuple[float, float, float]] = (),
+) -> dict[str, Any]:
+    """Decode at batch B still reads every weight once per step, so achieved bandwidth = weight
+    bytes / TPOT; prefill efficiency = FLOPs / TTFT against peak. With `probed` runs
+    ((TPOT, probe before, probe after) each, see `probe_runs`), the bandwidth fraction is theirs."""
+    tpot_s = (tpot_ms or math.nan) / 1e3
+    ttft_s = (ttft_ms or math.nan) / 1e3
     achieved = weight_bytes / tpot_s / 1e9 if tpot_s > 0 else None
-    flops = prefill_flops(config, row["batch_size"], row["prompt_len"])
-    gflops = flops / ttft_s / 1e9 if ttft_s > 0 else None
+    gflops = prefill_gflop / ttft_s if ttft_s > 0 else None
+    if probed:
+        bw_frac: float | None = probed_bw_frac(weight_bytes, probed)
+    else:
+        bw_frac = achieved / bandwidth_gbs if achieved and bandwidth_gbs else None
     return {
         "weight_bytes_per_token": weight_bytes,
         "decode_gbs": achieved,
-        "decode_bw_frac": achieved / bandwidth_gbs if achieved and bandwidth_gbs else None,
-        "prefill_gflop": flops / 1e9,
+        "decode_bw_frac": bw_frac,
+        "read_bandwidth_gbs": bandwidth_gbs,
+        "bandwidth_source": "probe" if probed else "cached" if bandwidth_gbs else None,
+        "prefill_gflop": prefill_gflop,
         "prefill_gflops": gflops,
+        "peak_gflops": peak_gflops,
         "prefill_peak_frac": gflops / peak_gflops if gflops and peak_gflops else None,
     }
 
 
-def probed_bw_frac(weight_bytes: float, tpot_ms: Sequence[float], bandwidth_gbs: Sequence[float]) -> float:
-    """Median over runs of (achieved decode bandwidth / read bandwidth probed around that run).
-
-    Run i sits between probes i and i+1; their mean is its memory speed. Pairing each run with its
-    own moment cancels what a shared machine does to both, which a bandwidth measured once (or at
-    another time) cannot: here the probe moved between 25 and 46 GB/s within minutes.
-    """
+def probe_runs(tpot_ms: Sequence[float], bandwidth_gbs: Sequence[float]) -> list[tuple[float, float, float]]:
+    """(TPOT, probe before, probe after) per run, from runs probed before each and after the last."""
     if len(bandwidth_gbs) != len(tpot_ms) + 1:
         raise ValueError(f"need one probe more than runs, got {len(bandwidth_gbs)} for {len(tpot_ms)} runs")
-    fracs = [
-        weight_bytes / (tpot / 1e3) / 1e9 / ((before + after) / 2)
-        for tpot, before, after in zip(tpot_ms, bandwidth_gbs, bandwidth_gbs[1:], strict=False)
-        if tpot > 0
-    ]
+    return list(zip(tpot_ms, bandwidth_gbs, bandwidth_gbs[1:], strict=False))
+
+
+def probed_bw_frac(weight_bytes: float, runs: Sequence[tuple[float, float, float]]) -> float:
+    """Median over runs of (achieved decode bandwidth / mean of the two probes around that run).
+
+    Pairing each run with its own moment cancels what a shared machine does to both, which a
+    bandwidth measured once (or at another time) cannot: here the probe moved between 25 and 46
+    GB/s within minutes.
+    """
+    fracs = [weight_bytes / (tpot / 1e3) / 1e9 / ((before + after) / 2) for tpot, before, after in runs if tpot > 0]
     return statistics.median(fracs) if fracs else math.nan
-
-
-def pooled_roofline(
-    last: dict[str, Any], tpot_ms: float, ttft_ms: float, probed: Sequence[tuple[Sequence[float], Sequence[float]]]
-) -> dict[str, Any]:
-    """Roofline columns of interleaved rounds pooled into one row. `last` is one round's row (its
-    weight bytes, FLOPs and roofs hold for every round); `tpot_ms`/`ttft_ms` are the pooled
-    medians; `probed` holds each round's (TPOT per run, probes around them), empty without probes.
-    A fraction of a fixed roof scales with its rate, so the cached-roof fractions are rescaled."""
-    cols: dict[str, Any] = {}
-    weight_bytes, gflop = last.get("weight_bytes_per_token"), last.get("prefill_gflop")
-    if weight_bytes is not None:
-        decode_gbs = weight_bytes / (tpot_ms / 1e3) / 1e9 if tpot_ms > 0 else None
-        cols["decode_gbs"] = decode_gbs
-        if probed:
-            fracs = [probed_bw_frac(weight_bytes, tpots, probes) for tpots, probes in probed]
-            cols["decode_bw_frac"] = statistics.median(fracs)
-            cols["read_bandwidth_gbs"] = statistics.median(p for _, probes in probed for p in probes)
-        elif last.get("read_bandwidth_gbs") and decode_gbs:
-            cols["decode_bw_frac"] = decode_gbs / last["read_bandwidth_gbs"]
-    if gflop is not None:
-        gflops = gflop / (ttft_ms / 1e3) if ttft_ms > 0 else None
-        cols["prefill_gflops"] = gflops
-        if last.get("prefill_peak_frac") and last.get("prefill_gflops") and gflops:
-            cols["prefill_peak_frac"] = last["prefill_peak_frac"] * gflops / last["prefill_gflops"]
-    return cols
 
 
 def measure_peak_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:

@@ -188,15 +188,12 @@ def _roofline(
     probes around the runs, the bandwidth is theirs and each run is set against its own moment."""
     import statistics
 
-    from gpt2bench.roofline import machine_roofs, probed_bw_frac, roofline_columns
+    from gpt2bench.roofline import machine_roofs, probe_runs, roofline_columns
 
     roofs = machine_roofs(threads) if device == "cpu" else {}
     bandwidth = statistics.median(probed) if probed else roofs.get("read_bandwidth_gbs")
-    cols = roofline_columns(row, model.config(), bandwidth, roofs.get("peak_gflops"))
-    if probed:
-        cols["decode_bw_frac"] = probed_bw_frac(cols["weight_bytes_per_token"], tpot_ms, probed)
-    source = "probe" if probed else "cached" if bandwidth else None
-    return {**cols, "read_bandwidth_gbs": bandwidth, "bandwidth_source": source}
+    runs = probe_runs(tpot_ms, probed) if probed else []
+    return roofline_columns(row, model.config(), bandwidth, roofs.get("peak_gflops"), runs)
 
 
 def _quality(

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import selectors
+import statistics
 import subprocess
 import sys
 import threading
@@ -22,7 +23,7 @@ from typing import Any
 from gpt2bench.errors import UsageError
 from gpt2bench.metrics import PER_RUN_METRICS, percentiles, summarize
 from gpt2bench.results import ResultsStore
-from gpt2bench.roofline import pooled_roofline
+from gpt2bench.roofline import probe_runs, roofline_rates
 from gpt2bench.sweep_spec import BackendConfig, Cell, SweepSpec, cell_key, to_quality_settings
 
 Progress = Callable[[str], None]
@@ -164,15 +165,29 @@ def merge_rounds(rows: list[dict[str, Any]], samples: list[dict[str, Any]]) -> t
     row["other_cpu_frac"] = row["other_cpu_s"] / (walls * (os.cpu_count() or 1)) if walls else math.nan
     row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rows)
     row["tokens_consistent"] = all(r["tokens_consistent"] for r in rows)
-    probed = [(s["per_run"]["tpot_ms"], s["bandwidth_gbs"]) for s in samples if s.get("bandwidth_gbs")]
-    row.update(pooled_roofline(rows[-1], row["tpot_ms_median"], row["ttft_ms_median"], probed))
+    # A round's weight bytes, FLOPs and roofs hold for every round; its rates do not.
+    probed = [s for s in samples if s.get("bandwidth_gbs")]
+    runs = [run for s in probed for run in probe_runs(s["per_run"]["tpot_ms"], s["bandwidth_gbs"])]
+    probes = [p for s in probed for p in s["bandwidth_gbs"]]
+    bandwidth = statistics.median(probes) if probes else row.get("read_bandwidth_gbs")
+    row.update(
+        roofline_rates(
+            row["weight_bytes_per_token"],
+            row["prefill_gflop"],
+            row["tpot_ms_median"],
+            row["ttft_ms_median"],
+            bandwidth,
+            row.get("peak_gflops"),
+            runs,
+        )
+    )
     merged = dict(samples[-1])
     merged["per_run"] = per_run
     merged["itl_ms"] = [run for s in samples for run in s["itl_ms"]]
     merged["contention_wall_s"] = walls
     merged["interleaved_rounds"] = len(rows)
     if probed:
-        merged["bandwidth_gbs"] = [probes for _, probes in probed]  # per round: before and after its run
+        merged["bandwidth_gbs"] = [s["bandwidth_gbs"] for s in probed]  # per round: before and after its run
     return row, merged
 
 
