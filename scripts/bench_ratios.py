@@ -57,6 +57,8 @@ def main() -> int:
     parser.add_argument("--expect", action="append", default=[], metavar="BACKEND:METRIC:SPEEDUP")
     parser.add_argument("--within-bound", action="append", default=[], metavar="BACKEND:FACTOR")
     args = parser.parse_args()
+    if args.gen_len < 2:
+        parser.error("--gen-len must be at least 2: TPOT and the bandwidth bound need a decode step")
     args.option = {}
     for item in args.backend_option:
         name, _, opt = item.partition(":")
