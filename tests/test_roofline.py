@@ -53,10 +53,11 @@ def test_roofline_columns_on_a_hand_made_row():
 def test_microbenchmarks_are_positive_and_cached(monkeypatch, tmp_path):
     monkeypatch.setenv("GPT2BENCH_CACHE", str(tmp_path))
     monkeypatch.setattr(roofline, "measure_read_bandwidth", lambda threads: 12.5)
-    monkeypatch.setattr(roofline, "measure_peak_gflops", lambda threads: 80.0)
-    assert machine_roofs(1) == {"read_bandwidth_gbs": 12.5, "peak_gflops": 80.0}
+    peaks = {"fp32": 80.0, "bf16": 200.0, "int8": None}
+    monkeypatch.setattr(roofline, "measure_peak_gflops", lambda threads, dtype: peaks[dtype])
+    assert machine_roofs(1) == {"read_bandwidth_gbs": 12.5, "peak_gflops": peaks}
 
-    def fail(threads):
+    def fail(threads, dtype=None):
         raise AssertionError("measured again instead of using the cache")
 
     monkeypatch.setattr(roofline, "measure_read_bandwidth", fail)
@@ -66,7 +67,46 @@ def test_microbenchmarks_are_positive_and_cached(monkeypatch, tmp_path):
 
 def test_real_microbenchmarks_return_positive_numbers():
     assert roofline.measure_read_bandwidth(1, size_mb=32, repeats=2) > 0
-    assert roofline.measure_peak_gflops(1, size=256, repeats=2) > 0
+    assert roofline.measure_peak_gflops(1, "fp32", size=256, repeats=2) > 0
+    assert roofline.measure_peak_gflops(1, "bf16", size=256, repeats=2) > 0
+    int8 = roofline.measure_peak_gflops(1, "int8", size=256, repeats=2)
+    assert int8 is None or int8 > 0
+
+
+def test_each_row_is_held_to_the_matmul_roof_of_its_arithmetic():
+    roofs = {"read_bandwidth_gbs": 30.0, "peak_gflops": {"fp32": 170.0, "bf16": 400.0, "int8": 860.0}}
+    assert roofline.peak_for(roofs, "static-kv", "bf16") == 400.0
+    assert roofline.peak_for(roofs, "hf-eager", "fp32") == 170.0
+    assert roofline.peak_for(roofs, "onnx-int8", "fp32") == 860.0  # int8 activations x int8 weights
+    assert roofline.peak_for(roofs, "hf-int8-dynq", "fp32") == 860.0
+    assert roofline.peak_for(roofs, "hf-fp16-dynq", "fp32") == 170.0  # fp16 weights, fp32 arithmetic
+    assert roofline.peak_for(roofs, "vllm", "fp16") is None
+    assert roofline.peak_for({}, "hf-eager", "fp32") is None  # GPU rows: no CPU roofs
+    config = {"n_embd": 2, "n_layer": 1, "vocab_size": 3}
+    row = {"backend": "onnx-int8", "dtype": "fp32", "tpot_ms_median": 1.0, "ttft_ms_median": 1.0}
+    cols = roofline_columns({**row, "batch_size": 1, "prompt_len": 3}, config, 30.0, 860.0)
+    assert cols["compute_dtype"] == "int8" and cols["peak_gflops"] == 860.0
+
+
+def test_summary_names_the_roof_and_says_when_there_is_none():
+    from gpt2bench.summary import roofline_line
+
+    row = {
+        "dtype": "bf16",
+        "compute_dtype": "bf16",
+        "weight_bytes_per_token": 247e6,
+        "decode_gbs": 24.0,
+        "decode_bw_frac": 0.8,
+        "read_bandwidth_gbs": 30.0,
+        "bandwidth_source": "cached",
+        "prefill_gflops": 312.0,
+        "peak_gflops": 400.0,
+        "prefill_peak_frac": 0.78,
+    }
+    assert "78% of the 400 GFLOP/s bf16 matmul roof" in roofline_line(row)
+    missing = roofline_line({**row, "peak_gflops": None, "prefill_peak_frac": None})
+    assert "no bf16 matmul roof measured" in missing and "0%" not in missing.split("prefill")[1]
+    assert roofline_line({"decode_gbs": None}) is None
 
 
 def test_probed_fraction_pairs_each_run_with_the_probes_around_it():
@@ -77,3 +117,28 @@ def test_probed_fraction_pairs_each_run_with_the_probes_around_it():
     assert roofline.probed_bw_frac(1e6, runs) == pytest.approx(0.5)  # median of 0.5, 0.625, 0.25
     with pytest.raises(ValueError, match="one probe more than runs"):
         roofline.probe_runs([0.1, 0.1], [20.0, 20.0])
+
+
+def test_roofs_measured_on_a_busy_machine_are_not_cached(monkeypatch, tmp_path, caplog):
+    from gpt2bench.sysinfo import CpuContention
+
+    def monitor(other_cpu_frac: float) -> type:
+        class Monitor:
+            def stop(self) -> CpuContention:
+                return CpuContention(wall_s=1.0, other_cpu_s=other_cpu_frac, other_cpu_frac=other_cpu_frac)
+
+        return Monitor
+
+    monkeypatch.setenv("GPT2BENCH_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(roofline, "measure_read_bandwidth", lambda threads: calls.append(threads) or 12.5)
+    monkeypatch.setattr(roofline, "measure_peak_gflops", lambda threads, dtype: 80.0)
+    monkeypatch.setattr(roofline, "ContentionMonitor", monitor(0.5))
+    assert machine_roofs(1)["read_bandwidth_gbs"] == 12.5  # used for the run at hand
+    assert "not caching" in caplog.text
+    machine_roofs(1)
+    assert len(calls) == 2  # measured again: nothing was cached
+    monkeypatch.setattr(roofline, "ContentionMonitor", monitor(0.0))
+    machine_roofs(1)
+    machine_roofs(1)
+    assert len(calls) == 3  # an idle measurement is cached

@@ -290,7 +290,9 @@ def env(
         f"{info['torch']['num_interop_threads']})"
     )
     print(f"bandwidth    {roofs['read_bandwidth_gbs']:.1f} GB/s read (best of fp32/bf16 sum, amax, dot; cached)")
-    print(f"peak matmul  {roofs['peak_gflops']:.1f} GFLOP/s fp32 (2048x2048 mm; cached)")
+    for dtype, peak in roofs["peak_gflops"].items():
+        shown = f"{peak:.1f} GFLOP/s" if peak else "not available"
+        print(f"peak {dtype:<7} {shown} (2048x2048 matmul; cached)")
     print(f"python       {info['python']} on {info['platform']}")
     dirty = " (dirty)" if info["git"]["dirty"] else ""
     print(f"gpt2bench    {info['gpt2bench_version']} at {info['git']['commit']}{dirty}")

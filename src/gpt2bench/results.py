@@ -88,7 +88,8 @@ ROOFLINE_COLUMNS = [
     "bandwidth_source",  # "probe": measured around this row's runs; "cached": once per machine
     "prefill_gflop",
     "prefill_gflops",
-    "peak_gflops",  # the matmul roof prefill_peak_frac is taken against
+    "compute_dtype",  # the arithmetic of the backend's matmuls: which roof applies
+    "peak_gflops",  # the matmul roof (of compute_dtype) prefill_peak_frac is taken against
     "prefill_peak_frac",
 ]
 COLUMNS = IDENTITY_COLUMNS + MEASURE_COLUMNS + QUALITY_COLUMNS + ROOFLINE_COLUMNS

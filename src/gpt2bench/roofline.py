@@ -4,6 +4,7 @@ so TPOT >= weight bytes / read bandwidth. Pure arithmetic plus one cached microb
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
 import time
@@ -12,10 +13,27 @@ from typing import Any
 
 from gpt2bench.fsutil import atomic_write_text
 from gpt2bench.paths import cache_dir
+from gpt2bench.sysinfo import ContentionMonitor
+
+log = logging.getLogger(__name__)
+# Roofs measured while other processes used more than this share of the machine are used for the
+# run at hand but not cached: a busy moment once halved every later row's roofs here.
+MAX_OTHER_CPU_FRAC = 0.10
 
 BYTES_PER_PARAM = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
 # Backends whose weights are stored narrower than their activation dtype says.
 BACKEND_WEIGHT_BYTES = {"hf-fp16-dynq": 2, "hf-int8-dynq": 1, "onnx-int8": 1}
+# The arithmetic a backend's matmuls run in, where it is not the row's dtype: fbgemm's fp16
+# dynamic quantization widens the weights and multiplies in fp32; the int8 backends quantize the
+# activations too and multiply int8 by int8.
+BACKEND_COMPUTE_DTYPE = {"hf-fp16-dynq": "fp32", "hf-int8-dynq": "int8", "onnx-int8": "int8"}
+# Matmul roofs measured per arithmetic: on a CPU with AVX512-BF16 or VNNI, bf16 and int8 matmuls
+# run 2-5x faster than fp32, so a bf16 prefill set against the fp32 roof read as 160% of peak.
+PEAK_DTYPES = ("fp32", "bf16", "int8")
+
+
+def compute_dtype(backend: str, dtype: str) -> str:
+    return BACKEND_COMPUTE_DTYPE.get(backend, dtype)
 
 
 def decode_weight_bytes(config: dict[str, Any], bytes_per_param: float) -> float:
@@ -53,13 +71,15 @@ def roofline_columns(
     peak_gflops: float | None,
     probed: Sequence[tuple[float, float, float]] = (),
 ) -> dict[str, Any]:
-    """Per-row roofline figures: the cell's costs from the model config, then `roofline_rates`."""
+    """Per-row roofline figures: the cell's costs from the model config, then `roofline_rates`.
+    `peak_gflops` is the matmul roof of the row's compute dtype (see `compute_dtype`)."""
     bytes_per_param = BACKEND_WEIGHT_BYTES.get(row["backend"], BYTES_PER_PARAM.get(row["dtype"], 4))
     weight_bytes = decode_weight_bytes(config, bytes_per_param)
     gflop = prefill_flops(config, row["batch_size"], row["prompt_len"]) / 1e9
-    return roofline_rates(
+    rates = roofline_rates(
         weight_bytes, gflop, row.get("tpot_ms_median"), row.get("ttft_ms_median"), bandwidth_gbs, peak_gflops, probed
     )
+    return {**rates, "compute_dtype": compute_dtype(row["backend"], row["dtype"])}
 
 
 def roofline_rates(
@@ -113,17 +133,27 @@ def probed_bw_frac(weight_bytes: float, runs: Sequence[tuple[float, float, float
     return statistics.median(fracs) if fracs else math.nan
 
 
-def measure_peak_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
-    """GFLOP/s of the best fp32 square matmul: the compute roof for prefill."""
+def measure_peak_gflops(threads: int, dtype: str = "fp32", size: int = 2048, repeats: int = 5) -> float | None:
+    """GFLOP/s (GOP/s for int8) of the best square matmul in `dtype`: the compute roof for prefill.
+    None where torch has no such matmul on this CPU (int8 via torch._int_mm)."""
     import torch
 
     torch.set_num_threads(threads)
     a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)  # warm up the BLAS
+    if dtype == "bf16":
+        a, b, mm = a.bfloat16(), b.bfloat16(), torch.mm
+    elif dtype == "int8":
+        a, b, mm = a.clamp(-4, 4).mul(30).to(torch.int8), b.clamp(-4, 4).mul(30).to(torch.int8), torch._int_mm
+    else:
+        mm = torch.mm
+    try:
+        mm(a, b)  # warm up the kernel library
+    except RuntimeError:
+        return None
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        torch.mm(a, b)
+        mm(a, b)
         best = min(best, time.perf_counter() - t0)
     return 2 * size**3 / best / 1e9
 
@@ -149,22 +179,38 @@ def measure_read_bandwidth(threads: int, size_mb: int = 512, repeats: int = 7) -
     return n_bytes / best / 1e9
 
 
-def machine_roofs(threads: int, refresh: bool = False) -> dict[str, float]:
-    """Read bandwidth (GB/s) and peak fp32 matmul (GFLOP/s) at `threads`, measured once and cached
-    in <cache>/machine.json (a few seconds the first time)."""
+def machine_roofs(threads: int, refresh: bool = False) -> dict[str, Any]:
+    """Read bandwidth (GB/s) and peak matmul per compute dtype ({"fp32": GFLOP/s, ...}) at
+    `threads`, measured once and cached in <cache>/machine.json (a few seconds the first time)."""
     path = cache_dir() / "machine.json"
     try:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
         cached = {}
-    key = f"threads{threads}_v2"
-    if refresh or key not in cached:
-        cached[key] = {
-            "read_bandwidth_gbs": measure_read_bandwidth(threads),
-            "peak_gflops": measure_peak_gflops(threads),
-        }
+    key = f"threads{threads}_v3"
+    if not refresh and key in cached:
+        return dict(cached[key])
+    monitor = ContentionMonitor()
+    roofs = {
+        "read_bandwidth_gbs": measure_read_bandwidth(threads),
+        "peak_gflops": {dtype: measure_peak_gflops(threads, dtype) for dtype in PEAK_DTYPES},
+    }
+    busy = monitor.stop().other_cpu_frac
+    if busy > MAX_OTHER_CPU_FRAC:
+        log.warning(
+            "other processes used %.0f%% of the CPU while the machine's roofs were measured: "
+            "using them for this run only, not caching them",
+            busy * 100,
+        )
+    else:
+        cached[key] = roofs
         atomic_write_text(path, json.dumps(cached, indent=1))
-    return dict(cached[key])
+    return roofs
+
+
+def peak_for(roofs: dict[str, Any], backend: str, dtype: str) -> float | None:
+    """The matmul roof a row of `backend` in `dtype` is held to (None if not measured)."""
+    return roofs.get("peak_gflops", {}).get(compute_dtype(backend, dtype))
 
 
 def read_bandwidth(threads: int, refresh: bool = False) -> float:

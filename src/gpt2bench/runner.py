@@ -188,12 +188,13 @@ def _roofline(
     probes around the runs, the bandwidth is theirs and each run is set against its own moment."""
     import statistics
 
-    from gpt2bench.roofline import machine_roofs, probe_runs, roofline_columns
+    from gpt2bench.roofline import machine_roofs, peak_for, probe_runs, roofline_columns
 
     roofs = machine_roofs(threads) if device == "cpu" else {}
     bandwidth = statistics.median(probed) if probed else roofs.get("read_bandwidth_gbs")
     runs = probe_runs(tpot_ms, probed) if probed else []
-    return roofline_columns(row, model.config(), bandwidth, roofs.get("peak_gflops"), runs)
+    peak = peak_for(roofs, row["backend"], row["dtype"])
+    return roofline_columns(row, model.config(), bandwidth, peak, runs)
 
 
 def _quality(

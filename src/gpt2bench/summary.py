@@ -34,6 +34,25 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.{digits}f}"
 
 
+def roofline_line(row: dict[str, Any]) -> str | None:
+    """The row's roofline figures in one sentence (None for rows without them)."""
+    if row.get("decode_gbs") is None:
+        return None
+    frac = row.get("decode_bw_frac")
+    peak = row.get("prefill_peak_frac")
+    arithmetic = row.get("compute_dtype") or row.get("dtype")
+    roof = (
+        f"{peak * 100:.0f}% of the {row['peak_gflops']:.0f} GFLOP/s {arithmetic} matmul roof"
+        if peak is not None
+        else f"no {arithmetic} matmul roof measured"
+    )
+    return (
+        f"roofline: decode reads {row['weight_bytes_per_token'] / 1e6:.0f} MB of weights per step, "
+        f"{row['decode_gbs']:.1f} GB/s ({_fmt((frac or 0) * 100, 0)}% of the {_fmt(row.get('read_bandwidth_gbs'))} "
+        f"GB/s measured, {row.get('bandwidth_source')}); prefill {row['prefill_gflops']:.1f} GFLOP/s ({roof})"
+    )
+
+
 def print_summary(
     console: Console, row: dict[str, Any], sample_text: str, details: dict[str, Any], out_folder: str
 ) -> None:
@@ -80,15 +99,9 @@ def print_summary(
     ]
     extra = {k: v for k, v in row.items() if k not in COLUMNS}  # backend phases, device memory
     facts += [f"{k} {_fmt(v)}" for k, v in extra.items()]
-    if row.get("decode_gbs") is not None:
-        frac = row.get("decode_bw_frac")
-        peak = row.get("prefill_peak_frac")
-        facts.append(
-            f"roofline: decode reads {row['weight_bytes_per_token'] / 1e6:.0f} MB of weights per step, "
-            f"{row['decode_gbs']:.1f} GB/s ({_fmt((frac or 0) * 100, 0)}% of the {_fmt(row.get('read_bandwidth_gbs'))} "
-            f"GB/s measured, {row.get('bandwidth_source')}); prefill "
-            f"{row['prefill_gflops']:.1f} GFLOP/s ({_fmt((peak or 0) * 100, 0)}% of peak matmul)"
-        )
+    line = roofline_line(row)
+    if line:
+        facts.append(line)
     if details:
         facts.append("backend: " + ", ".join(f"{k}={v}" for k, v in details.items()))
     console.print("  ".join(facts[:2]))
