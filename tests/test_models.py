@@ -58,3 +58,15 @@ def test_named_model_that_cannot_load_fails_clearly(monkeypatch, tmp_path):
     (tmp_path / "empty" / "config.json").write_text("{}")
     with pytest.raises(BenchError, match="has no weights"):
         resolve_model(str(tmp_path / "empty"))
+
+
+def test_every_recipe_field_names_its_own_cached_model():
+    from dataclasses import fields, replace
+
+    from gpt2bench.tiny import TinyRecipe
+
+    base = TinyRecipe()
+    for field in fields(TinyRecipe):
+        value = getattr(base, field.name)
+        changed = replace(base, **{field.name: value + 1 if isinstance(value, int) else value / 3})
+        assert changed.name() != base.name(), f"{field.name} is not in the cache name"

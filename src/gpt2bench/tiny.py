@@ -40,8 +40,9 @@ class TinyRecipe:
     seed: int = 0
 
     def name(self) -> str:
-        shape = f"{self.n_layer}l{self.n_embd}w{self.n_positions}p"
-        return f"tiny-{shape}-{self.steps}x{self.batch_size}x{self.seq_len}-seed{self.seed}"
+        """The cache folder's name: every field is in it, so no recipe is served another's model."""
+        shape = f"{self.n_layer}l{self.n_head}h{self.n_embd}w{self.n_positions}p"
+        return f"tiny-{shape}-{self.steps}x{self.batch_size}x{self.seq_len}-lr{self.lr:g}-seed{self.seed}"
 
 
 def training_ids() -> np.ndarray:
