@@ -265,12 +265,18 @@ def test_model_context_is_checked_before_any_load(tmp_path, trained_model):
         "--model",
         str(trained_model.path),
         "--prompt-len",
-        "500",
+        "100",
         "--gen-len",
         "100",
         "--output",
         str(tmp_path / "out"),
         env={"GPT2BENCH_CACHE": str(cache)},
     )
-    _one_line_error(proc, 2, "600 exceeds this model's 512-token context")
+    _one_line_error(proc, 2, "200 exceeds this model's 128-token context")
     assert not (cache / "onnx").exists()  # failed before the export, not after it
+
+
+def test_make_tiny_rejects_a_recipe_without_steps(tmp_path):
+    proc = run_cli("make-tiny", "--steps", "0", env={"GPT2BENCH_CACHE": str(tmp_path)})
+    _one_line_error(proc, 2, "--steps must be at least 1")
+    assert not (tmp_path / "models").exists()

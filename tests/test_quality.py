@@ -94,9 +94,13 @@ def hf_quality(trained_model, tokenizer):
 def test_trained_model_is_far_better_than_random(trained_model, tiny_model, tokenizer, hf_quality):
     random_ppl = evaluate(load_backend("hf-eager", tiny_model), tiny_model, tokenizer, SETTINGS).perplexity.ppl
     assert hf_quality.perplexity.ppl < random_ppl / 10, (hf_quality.perplexity.ppl, random_ppl)
-    assert hf_quality.window == 512 and hf_quality.perplexity.tokens_scored == 2 * 511
+    assert hf_quality.window == 128 and hf_quality.perplexity.tokens_scored == 2 * 127
     # The reference agrees with itself exactly.
     assert hf_quality.agreement.greedy_match == 1.0 and hf_quality.agreement.kl_mean == pytest.approx(0, abs=1e-12)
+    # Its greedy text depends on context: a model that repeats one token ("the the the ...") would
+    # make every backend's greedy agreement 100% whatever its numerics.
+    tokens, _, _ = reference(trained_model, tokenizer, SETTINGS)
+    assert len(np.unique(tokens)) >= 8 and all(len(np.unique(row)) >= 3 for row in tokens), tokens
 
 
 def test_computing_the_reference_leaves_torch_threads_alone(tiny_model, tokenizer, tmp_path, monkeypatch):

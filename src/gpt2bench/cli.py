@@ -394,14 +394,21 @@ def profile(
 
 @app.command("make-tiny")
 def make_tiny(
-    steps: Annotated[int, typer.Option(help="Training steps (2 x 512 tokens each).")] = 120,
+    steps: Annotated[
+        int | None, typer.Option(help="Training steps (2 x 512 tokens each). Default: the recipe's (300).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for init and data order.")] = 0,
     rebuild: Annotated[bool, typer.Option(help="Train again even if cached.")] = False,
 ) -> None:
     """Train (once, cached) the small GPT-2 that `--model tiny` uses for meaningful quality numbers."""
+    from dataclasses import replace
+
     from gpt2bench.tiny import TinyRecipe, tiny_model_dir
 
-    folder = tiny_model_dir(TinyRecipe(steps=steps, seed=seed), rebuild=rebuild)
+    if steps is not None and steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {steps}")
+    recipe = replace(TinyRecipe(), seed=seed, **({"steps": steps} if steps is not None else {}))
+    folder = tiny_model_dir(recipe, rebuild=rebuild)
     print(f"tiny model: {folder}")
 
 
