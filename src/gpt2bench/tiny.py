@@ -110,7 +110,7 @@ def train(recipe: TinyRecipe, out: Path, log: Any = print) -> dict[str, Any]:
             log(f"step {step + 1}/{recipe.steps}  loss {loss.item():.3f}  {time.perf_counter() - t0:.0f} s")
     with torch.no_grad():
         counts = torch.bincount(ids, minlength=config.vocab_size)
-        rarest = seen[torch.argsort(counts[seen])[:RARE_IDS]]
+        rarest = seen[torch.argsort(counts[seen], stable=True)[:RARE_IDS]]  # stable: ties in a fixed order
         unseen = counts == 0
         model.transformer.wte.weight[unseen] = model.transformer.wte.weight[rarest].mean(0)
     stats = {
