@@ -1,3 +1,4 @@
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -120,3 +121,17 @@ def test_peak_rss_leaves_out_the_probes_buffers(tokenizer):
     if probed.peak_rss_scope != "measurement":
         pytest.skip("this OS cannot reset the peak RSS")
     assert probed.peak_rss_mb < plain.peak_rss_mb + 100
+
+
+def test_cpu_contention_counts_the_timed_runs_not_the_probe_between_them(tokenizer):
+    import subprocess
+    import sys
+
+    def probe() -> float:  # another process burning ~0.4 CPU-s, as the probe's helper does
+        subprocess.run([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 0.4: pass"])
+        return 1.0
+
+    m = measure(_LogBackend([]), make_prompts(tokenizer, 4, 1), 3, Sampling(), warmup=0, repeats=2, probe=probe)
+    if math.isnan(m.contention.other_cpu_s):
+        pytest.skip("no /proc/stat here")
+    assert m.contention.other_cpu_s < 0.3  # three probes burned ~1.2 CPU-s outside the timed runs

@@ -130,19 +130,22 @@ def measure(
             on_step("warmup", i + 1, warmup)
     scope = "measurement" if reset_peak_rss() else "process"
     backend.reset_peak_memory()
-    monitor = ContentionMonitor()
-    generations, bandwidth, peaks = [], [], []
+    generations, bandwidth, peaks, contentions = [], [], [], []
     for i in range(repeats):
         if probe:
             bandwidth.append(probe())
-            reset_peak_rss()  # the probe's buffers (~0.5 GB) are not the backend's memory
+            reset_peak_rss()  # an in-process probe's buffers are not the backend's memory
+        # Other processes' CPU is counted over the timed generations only: the bandwidth probe
+        # runs in a helper process between them, and is not noise.
+        monitor = ContentionMonitor()
         generations.append(timed_generation(backend, prompts.input_ids, gen_len, sampling))
+        contentions.append(monitor.stop())
         peaks.append(peak_rss_mb())
         if on_step:
             on_step("measure", i + 1, repeats)
     if probe:
         bandwidth.append(probe())
-    contention = monitor.stop()
+    contention = CpuContention.total(contentions)
     runs = [run_metrics(g.start_ns, g.token_ns, prompts.batch_size, prompts.prompt_len) for g in generations]
     return Measurement(
         generations,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -87,6 +88,7 @@ def measure_cell(
 ) -> CellResult:
     """Measure one (prompt, gen, batch) cell with an open session; `spec` names the cell."""
     from gpt2bench.harness import measure
+    from gpt2bench.probe import BandwidthProbe
     from gpt2bench.prompts import make_prompts
     from gpt2bench.sysinfo import environment
 
@@ -94,14 +96,9 @@ def measure_cell(
     backend, model, tokenizer, load = session.backend, session.model, session.tokenizer, session.load
     check_fits(spec, model)
     prompts = make_prompts(tokenizer, spec.prompt_len, spec.batch_size)
-    probe = None
-    if spec.probe_bandwidth:
-        from gpt2bench.roofline import measure_read_bandwidth
-
-        def probe() -> float:
-            return measure_read_bandwidth(spec.threads, size_mb=256, repeats=3)
-
-    m = measure(backend, prompts, spec.gen_len, spec.sampling, spec.warmup, spec.repeats, on_step, probe)
+    with contextlib.ExitStack() as stack:
+        probe = stack.enter_context(BandwidthProbe(spec.threads)) if spec.probe_bandwidth else None
+        m = measure(backend, prompts, spec.gen_len, spec.sampling, spec.warmup, spec.repeats, on_step, probe)
     details = backend.describe()
     quality = _quality(backend, model, tokenizer, spec.quality, on_step) if spec.quality is not None else {}
 

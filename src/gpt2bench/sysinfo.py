@@ -155,6 +155,14 @@ class CpuContention:
     other_cpu_s: float
     other_cpu_frac: float  # of all cores' capacity over the wall time
 
+    @classmethod
+    def total(cls, parts: list[CpuContention]) -> CpuContention:
+        """Several monitored windows as one: their wall times and other processes' CPU summed."""
+        wall = sum(p.wall_s for p in parts)
+        other = sum(p.other_cpu_s for p in parts)  # NaN if any window could not read /proc/stat
+        cores = os.cpu_count() or 1
+        return cls(wall, other, other / (wall * cores) if wall > 0 else float("nan"))
+
 
 class ContentionMonitor:
     def __init__(self) -> None:
