@@ -119,7 +119,8 @@ def measure(
     """Set up for the cell's shapes, warm up (results discarded), then time `repeats` generations.
 
     `probe` (a read-bandwidth microbenchmark) runs around every timed generation, outside its
-    clock, so each run's decode speed can be set against the memory speed of its own moment."""
+    clock, so each run's decode speed can be set against the memory speed of its own moment. It
+    should measure in another process (`gpt2bench.probe`): its buffers would count in peak RSS."""
     t0 = time.perf_counter_ns()
     setup_phases = dict(backend.setup(prompts.batch_size, prompts.prompt_len, gen_len, sampling) or {})
     backend.synchronize()
@@ -130,17 +131,15 @@ def measure(
             on_step("warmup", i + 1, warmup)
     scope = "measurement" if reset_peak_rss() else "process"
     backend.reset_peak_memory()
-    generations, bandwidth, peaks, contentions = [], [], [], []
+    generations, bandwidth, contentions = [], [], []
     for i in range(repeats):
         if probe:
             bandwidth.append(probe())
-            reset_peak_rss()  # an in-process probe's buffers are not the backend's memory
         # Other processes' CPU is counted over the timed generations only: the bandwidth probe
         # runs in a helper process between them, and is not noise.
         monitor = ContentionMonitor()
         generations.append(timed_generation(backend, prompts.input_ids, gen_len, sampling))
         contentions.append(monitor.stop())
-        peaks.append(peak_rss_mb())
         if on_step:
             on_step("measure", i + 1, repeats)
     if probe:
@@ -152,7 +151,7 @@ def measure(
         runs,
         warmup,
         contention,
-        max(peaks, default=peak_rss_mb()),
+        peak_rss_mb(),
         scope,
         setup_s,
         setup_phases,

@@ -96,8 +96,7 @@ def measure_cell(
     backend, model, tokenizer, load = session.backend, session.model, session.tokenizer, session.load
     check_fits(spec, model)
     prompts = make_prompts(tokenizer, spec.prompt_len, spec.batch_size)
-    with contextlib.ExitStack() as stack:
-        probe = stack.enter_context(BandwidthProbe(spec.threads)) if spec.probe_bandwidth else None
+    with BandwidthProbe(spec.threads) if spec.probe_bandwidth else contextlib.nullcontext() as probe:
         m = measure(backend, prompts, spec.gen_len, spec.sampling, spec.warmup, spec.repeats, on_step, probe)
     details = backend.describe()
     quality = _quality(backend, model, tokenizer, spec.quality, on_step) if spec.quality is not None else {}
