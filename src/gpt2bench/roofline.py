@@ -211,7 +211,3 @@ def machine_roofs(threads: int, refresh: bool = False) -> dict[str, Any]:
 def peak_for(roofs: dict[str, Any], backend: str, dtype: str) -> float | None:
     """The matmul roof a row of `backend` in `dtype` is held to (None if not measured)."""
     return roofs.get("peak_gflops", {}).get(compute_dtype(backend, dtype))
-
-
-def read_bandwidth(threads: int, refresh: bool = False) -> float:
-    return machine_roofs(threads, refresh)["read_bandwidth_gbs"]

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import collections
 import json
-import math
-import os
 import selectors
 import statistics
 import subprocess
@@ -25,6 +23,7 @@ from gpt2bench.metrics import PER_RUN_METRICS, percentiles, summarize
 from gpt2bench.results import ResultsStore
 from gpt2bench.roofline import probe_runs, roofline_rates
 from gpt2bench.sweep_spec import BackendConfig, Cell, SweepSpec, cell_key, to_quality_settings
+from gpt2bench.sysinfo import CpuContention
 
 Progress = Callable[[str], None]
 
@@ -160,9 +159,13 @@ def merge_rounds(rows: list[dict[str, Any]], samples: list[dict[str, Any]]) -> t
     row["repeats"] = len(per_run["e2e_ms"])
     row["warmup"] = rows[0]["warmup"]
     row["setup_s"] = rows[0]["setup_s"]
-    row["other_cpu_s"] = sum(r["other_cpu_s"] for r in rows)
-    walls = sum(s["contention_wall_s"] for s in samples)
-    row["other_cpu_frac"] = row["other_cpu_s"] / (walls * (os.cpu_count() or 1)) if walls else math.nan
+    contention = CpuContention.total(
+        [
+            CpuContention(s["contention_wall_s"], r["other_cpu_s"], r["other_cpu_frac"])
+            for r, s in zip(rows, samples, strict=True)
+        ]
+    )
+    row["other_cpu_s"], row["other_cpu_frac"] = contention.other_cpu_s, contention.other_cpu_frac
     row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rows)
     row["tokens_consistent"] = all(r["tokens_consistent"] for r in rows)
     # A round's weight bytes, FLOPs and roofs hold for every round; its rates do not.
@@ -184,7 +187,7 @@ def merge_rounds(rows: list[dict[str, Any]], samples: list[dict[str, Any]]) -> t
     merged = dict(samples[-1])
     merged["per_run"] = per_run
     merged["itl_ms"] = [run for s in samples for run in s["itl_ms"]]
-    merged["contention_wall_s"] = walls
+    merged["contention_wall_s"] = contention.wall_s
     merged["interleaved_rounds"] = len(rows)
     if probed:
         merged["bandwidth_gbs"] = [s["bandwidth_gbs"] for s in probed]  # per round: before and after its run
