@@ -106,6 +106,8 @@ def test_summary_names_the_roof_and_says_when_there_is_none():
     assert "78% of the 400 GFLOP/s bf16 matmul roof" in roofline_line(row)
     missing = roofline_line({**row, "peak_gflops": None, "prefill_peak_frac": None})
     assert "no bf16 matmul roof measured" in missing and "0%" not in missing.split("prefill")[1]
+    gpu = roofline_line({**row, "read_bandwidth_gbs": None, "decode_bw_frac": None, "bandwidth_source": None})
+    assert "no read bandwidth measured" in gpu and "0%" not in gpu.split("prefill")[0]
     assert roofline_line({"decode_gbs": None}) is None
 
 

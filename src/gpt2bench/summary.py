@@ -46,10 +46,14 @@ def roofline_line(row: dict[str, Any]) -> str | None:
         if peak is not None
         else f"no {arithmetic} matmul roof measured"
     )
+    memory = (
+        f"{frac * 100:.0f}% of the {row['read_bandwidth_gbs']:.2f} GB/s measured, {row.get('bandwidth_source')}"
+        if frac is not None and not math.isnan(frac)
+        else "no read bandwidth measured"
+    )
     return (
         f"roofline: decode reads {row['weight_bytes_per_token'] / 1e6:.0f} MB of weights per step, "
-        f"{row['decode_gbs']:.1f} GB/s ({_fmt((frac or 0) * 100, 0)}% of the {_fmt(row.get('read_bandwidth_gbs'))} "
-        f"GB/s measured, {row.get('bandwidth_source')}); prefill {row['prefill_gflops']:.1f} GFLOP/s ({roof})"
+        f"{row['decode_gbs']:.1f} GB/s ({memory}); prefill {row['prefill_gflops']:.1f} GFLOP/s ({roof})"
     )
 
 
