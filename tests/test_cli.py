@@ -280,3 +280,33 @@ def test_make_tiny_rejects_a_recipe_without_steps(tmp_path):
     proc = run_cli("make-tiny", "--steps", "0", env={"GPT2BENCH_CACHE": str(tmp_path)})
     _one_line_error(proc, 2, "--steps must be at least 1")
     assert not (tmp_path / "models").exists()
+
+
+def test_more_threads_than_cores_warns_and_still_runs(tmp_path, tiny_model_dir):
+    from gpt2bench.specs import default_threads, oversubscription
+
+    cores = default_threads()
+    assert oversubscription(cores) is None
+    threads = cores + 1
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    # Roofs for this thread count cached up front, so the test does not spend seconds measuring them.
+    roofs = {"read_bandwidth_gbs": 30.0, "peak_gflops": {"fp32": 100.0}}
+    (cache / "machine.json").write_text(json.dumps({f"threads{threads}_v3": roofs}))
+    args = ("--model", str(tiny_model_dir), "--gen-len", "2", "--repeats", "1", "--warmup", "0")
+    proc = run_cli(
+        "run",
+        "--backend",
+        "hf-eager",
+        "--threads",
+        str(threads),
+        *args,
+        "--output",
+        str(tmp_path / "out"),
+        env={"GPT2BENCH_CACHE": str(cache)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"warning: {threads} threads on the {cores} cores this process may use" in proc.stderr
+    (run_dir,) = (tmp_path / "out").iterdir()
+    with (run_dir / "results.csv").open() as fh:
+        assert next(csv.DictReader(fh))["threads"] == str(threads)

@@ -163,7 +163,7 @@ def sweep(
 
     from gpt2bench.results import new_run_id
     from gpt2bench.runner import prepare_output
-    from gpt2bench.specs import default_threads
+    from gpt2bench.specs import default_threads, oversubscription
     from gpt2bench.sweep import cells_to_run, open_store, run_interleaved, run_sequential
     from gpt2bench.sweep_spec import load_sweep
     from gpt2bench.sysinfo import environment
@@ -177,6 +177,8 @@ def sweep(
         spec = dataclasses.replace(spec, quality=dataclasses.replace(spec.quality, enabled=quality))
     prepare_output(spec.output)
     threads = spec.threads or default_threads()
+    if crowded := oversubscription(threads):
+        _warn(crowded)
     run_id = new_run_id("sweep")
     meta = {
         "run_id": run_id,

@@ -12,7 +12,7 @@ from typing import Any
 
 from gpt2bench.errors import UsageError
 from gpt2bench.fsutil import check_writable
-from gpt2bench.specs import RunSpec
+from gpt2bench.specs import RunSpec, oversubscription
 
 
 def quiet_libraries() -> None:
@@ -66,6 +66,8 @@ def open_session(spec: RunSpec, warn: Callable[[str], None], check_cell: bool = 
     from gpt2bench.models import load_tokenizer, resolve_model
 
     spec.validate()
+    if crowded := oversubscription(spec.threads):
+        warn(crowded)
     quiet_libraries()
     backend = get_backend(spec.backend).create()
     model = resolve_model(spec.model)

@@ -25,6 +25,15 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+def oversubscription(threads: int) -> str | None:
+    """A warning when `threads` exceeds the cores this process may use: the threads then take turns
+    on the cores, and the timings measure that contention rather than the backend."""
+    cores = default_threads()
+    if threads <= cores:
+        return None
+    return f"{threads} threads on the {cores} cores this process may use: they will take turns, and the timings show it"
+
+
 @dataclass(frozen=True)
 class Sampling:
     """temperature 0 means greedy argmax, the default: it makes every backend's tokens comparable."""
