@@ -1,3 +1,8 @@
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from gpt2bench import roofline
@@ -55,14 +60,14 @@ def test_microbenchmarks_are_positive_and_cached(monkeypatch, tmp_path):
     monkeypatch.setattr(roofline, "measure_read_bandwidth", lambda threads: 12.5)
     peaks = {"fp32": 80.0, "bf16": 200.0, "int8": None}
     monkeypatch.setattr(roofline, "measure_peak_gflops", lambda threads, dtype: peaks[dtype])
-    assert machine_roofs(1) == {"read_bandwidth_gbs": 12.5, "peak_gflops": peaks}
+    assert machine_roofs(1, measure=roofline.measure_roofs) == {"read_bandwidth_gbs": 12.5, "peak_gflops": peaks}
 
     def fail(threads, dtype=None):
         raise AssertionError("measured again instead of using the cache")
 
     monkeypatch.setattr(roofline, "measure_read_bandwidth", fail)
     monkeypatch.setattr(roofline, "measure_peak_gflops", fail)
-    assert machine_roofs(1)["read_bandwidth_gbs"] == 12.5
+    assert machine_roofs(1, measure=roofline.measure_roofs)["read_bandwidth_gbs"] == 12.5
 
 
 def test_real_microbenchmarks_return_positive_numbers():
@@ -136,11 +141,33 @@ def test_roofs_measured_on_a_busy_machine_are_not_cached(monkeypatch, tmp_path, 
     monkeypatch.setattr(roofline, "measure_read_bandwidth", lambda threads: calls.append(threads) or 12.5)
     monkeypatch.setattr(roofline, "measure_peak_gflops", lambda threads, dtype: 80.0)
     monkeypatch.setattr(roofline, "ContentionMonitor", monitor(0.5))
-    assert machine_roofs(1)["read_bandwidth_gbs"] == 12.5  # used for the run at hand
+    here = roofline.measure_roofs
+    assert machine_roofs(1, measure=here)["read_bandwidth_gbs"] == 12.5  # used for the run at hand
     assert "not caching" in caplog.text
-    machine_roofs(1)
+    machine_roofs(1, measure=here)
     assert len(calls) == 2  # measured again: nothing was cached
     monkeypatch.setattr(roofline, "ContentionMonitor", monitor(0.0))
-    machine_roofs(1)
-    machine_roofs(1)
+    machine_roofs(1, measure=here)
+    machine_roofs(1, measure=here)
     assert len(calls) == 3  # an idle measurement is cached
+
+
+def test_roofs_are_measured_in_a_helper_process_that_leaves_torch_out_of_the_caller(tmp_path):
+    code = (
+        "import json, sys; from gpt2bench.roofline import machine_roofs; roofs = machine_roofs(1); "
+        "print(json.dumps([roofs, 'torch' in sys.modules]))"
+    )
+    env = {**os.environ, "GPT2BENCH_CACHE": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    roofs, caller_imported_torch = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not caller_imported_torch
+    assert roofs["read_bandwidth_gbs"] > 0 and roofs["peak_gflops"]["fp32"] > 0
+
+
+def test_a_failing_roofs_helper_is_a_clear_error(monkeypatch, tmp_path):
+    from gpt2bench.errors import BenchError
+
+    monkeypatch.setenv("GPT2BENCH_CACHE", str(tmp_path))
+    with pytest.raises(BenchError, match=r"measuring the machine's roofs failed: .*invalid literal"):
+        roofline.measure_in_helper("not-a-number")  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
 """The memory-bandwidth bound of decoding: at batch 1 every decoded token reads every weight once,
-so TPOT >= weight bytes / read bandwidth. Pure arithmetic plus one cached microbenchmark."""
+so TPOT >= weight bytes / read bandwidth. Pure arithmetic plus cached microbenchmarks, run in a
+helper process (`python -m gpt2bench.roofline THREADS`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import json
 import logging
 import math
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from gpt2bench.errors import BenchError
 from gpt2bench.fsutil import atomic_write_text
 from gpt2bench.paths import cache_dir
 from gpt2bench.sysinfo import ContentionMonitor
@@ -179,7 +183,34 @@ def measure_read_bandwidth(threads: int, size_mb: int = 512, repeats: int = 7) -
     return n_bytes / best / 1e9
 
 
-def machine_roofs(threads: int, refresh: bool = False) -> dict[str, Any]:
+def measure_roofs(threads: int) -> tuple[dict[str, Any], float]:
+    """The machine's roofs measured here and now, and the share of the CPU other processes used meanwhile."""
+    monitor = ContentionMonitor()
+    roofs = {
+        "read_bandwidth_gbs": measure_read_bandwidth(threads),
+        "peak_gflops": {dtype: measure_peak_gflops(threads, dtype) for dtype in PEAK_DTYPES},
+    }
+    return roofs, monitor.stop().other_cpu_frac
+
+
+def measure_in_helper(threads: int) -> tuple[dict[str, Any], float]:
+    """`measure_roofs` in a fresh process. The caller is often a measured backend's process: this
+    keeps torch out of ONNX Runtime and vLLM runs and the microbenchmarks' buffers out of its memory."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpt2bench.roofline", str(threads)], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        err = proc.stderr.strip().splitlines()
+        raise BenchError(f"measuring the machine's roofs failed: {err[-1] if err else f'exit code {proc.returncode}'}")
+    roofs, busy = json.loads(proc.stdout.strip().splitlines()[-1])
+    return roofs, busy
+
+
+def machine_roofs(
+    threads: int,
+    refresh: bool = False,
+    measure: Callable[[int], tuple[dict[str, Any], float]] = measure_in_helper,
+) -> dict[str, Any]:
     """Read bandwidth (GB/s) and peak matmul per compute dtype ({"fp32": GFLOP/s, ...}) at
     `threads`, measured once and cached in <cache>/machine.json (a few seconds the first time)."""
     path = cache_dir() / "machine.json"
@@ -190,12 +221,7 @@ def machine_roofs(threads: int, refresh: bool = False) -> dict[str, Any]:
     key = f"threads{threads}_v3"
     if not refresh and key in cached:
         return dict(cached[key])
-    monitor = ContentionMonitor()
-    roofs = {
-        "read_bandwidth_gbs": measure_read_bandwidth(threads),
-        "peak_gflops": {dtype: measure_peak_gflops(threads, dtype) for dtype in PEAK_DTYPES},
-    }
-    busy = monitor.stop().other_cpu_frac
+    roofs, busy = measure(threads)
     if busy > MAX_OTHER_CPU_FRAC:
         log.warning(
             "other processes used %.0f%% of the CPU while the machine's roofs were measured: "
@@ -211,3 +237,7 @@ def machine_roofs(threads: int, refresh: bool = False) -> dict[str, Any]:
 def peak_for(roofs: dict[str, Any], backend: str, dtype: str) -> float | None:
     """The matmul roof a row of `backend` in `dtype` is held to (None if not measured)."""
     return roofs.get("peak_gflops", {}).get(compute_dtype(backend, dtype))
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure_roofs(int(sys.argv[1]))))
