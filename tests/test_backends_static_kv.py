@@ -154,12 +154,23 @@ def test_cuda_graphs_match_hf_eager(tiny_model, prompts, reference):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     backend = load_backend("static-kv", tiny_model, device="cuda")  # reduce-overhead: CUDA graphs
-    assert backend.describe()["cuda_graphs"] is True
     backend.setup(2, 16, 30, Sampling())
     before = [t.data_ptr() for t in backend.cache_tensors()]
     np.testing.assert_array_equal(greedy(backend, prompts, 30), reference[0])
     assert [t.data_ptr() for t in backend.cache_tensors()] == before
+    # Captured and replayed, not silently run as plain kernels.
+    assert backend.describe()["cuda_graphs"] is True and backend.describe()["cuda_graph_skips"] == 0
     assert np.abs(backend.logits(prompts) - reference[1]).max() < 1e-3
+
+
+def test_cuda_graphs_are_reported_as_used_only_when_inductor_captured_them(tiny_model, prompts, reference):
+    # On the CPU inductor cannot capture CUDA graphs: a mode that asks for them must say they were skipped.
+    backend = load_backend("static-kv", tiny_model, options={"compile_mode": "reduce-overhead"})
+    np.testing.assert_array_equal(greedy(backend, prompts, 10), reference[0][:, :10])
+    details = backend.describe()
+    assert details["compile_mode"] == "reduce-overhead"
+    assert details["cuda_graphs"] is False and details["cuda_graph_skips"] >= 1
+    assert "cuda_graph_skips" not in load_backend("static-kv-eager", tiny_model).describe()
 
 
 def test_each_cell_gets_a_cache_of_its_own_length(eager, tokenizer):

@@ -78,6 +78,13 @@ def full_logits(model: Any, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tenso
     return model(idx, pos)
 
 
+def cudagraph_skips() -> int:
+    """Compiled graphs inductor has run without the CUDA graphs they asked for, in this process."""
+    from torch._dynamo.utils import counters
+
+    return counters["inductor"]["cudagraph_skips"]
+
+
 def with_freezing(compiled: Callable[..., Any]) -> Callable[..., Any]:
     """Run a torch.compile'd function with inductor's freezing on, wherever it (re)compiles.
 
@@ -118,7 +125,9 @@ class _StaticKV(TorchDevice, Backend):
         self.device = torch_device(settings.device, settings.threads)
         self.model = GPT2.from_hf(model.path, torch_dtype(settings.dtype), self.device)
         self.mode = settings.options.get("compile_mode", DEFAULT_MODE[self.device.type]) if self.compiled else None
-        self.cudagraphs = self.device.type == "cuda" and self.mode in ("reduce-overhead", "max-autotune")
+        self.wants_graphs = MODE_OPTIONS.get(self.mode or "default", {}).get("triton.cudagraphs", False)
+        self.cudagraphs = self.device.type == "cuda" and self.wants_graphs
+        self._skips_at_compile = cudagraph_skips()
         self.shape: tuple[int, int] | None = None
         return {}
 
@@ -131,6 +140,7 @@ class _StaticKV(TorchDevice, Backend):
             self._prefill, self._decode, self._full = prefill_step, decode_step, full_logits
             return
         torch._dynamo.reset()  # new cache buffers: start from clean graphs rather than pile up guards
+        self._skips_at_compile = cudagraph_skips()
         if self.device.type == "cpu":
             # Inductor settings go per compile, so they cannot leak into other compiled code in the
             # process. The autotune report (every GEMM candidate's timing on stderr) is not ours.
@@ -225,7 +235,13 @@ class _StaticKV(TorchDevice, Backend):
         return [t for block in self.model.h for t in (block.attn.kv_cache.k, block.attn.kv_cache.v)]
 
     def describe(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"compile_mode": self.mode or "eager", "cuda_graphs": self.cudagraphs}
+        info: dict[str, Any] = {"compile_mode": self.mode or "eager", "cuda_graphs": False}
+        if self.wants_graphs:
+            # What happened, not what was asked: inductor falls back to plain kernels, with only a log
+            # line, when a graph cannot be captured (a CPU tensor in the step, a mutated input, ...).
+            skipped = cudagraph_skips() - self._skips_at_compile
+            info["cuda_graphs"] = self.cudagraphs and skipped == 0
+            info["cuda_graph_skips"] = skipped
         if self.shape:
             caches = self.cache_tensors()
             info["cache_shape"] = list(caches[0].shape)
