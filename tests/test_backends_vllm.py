@@ -62,8 +62,9 @@ def test_exact_counts_and_real_timestamps(engine, tokenizer):
         assert 0 < run.ttft_ms <= run.e2e_ms and run.tpot_ms > 0
 
 
-def test_prompt_logprobs_give_the_reference_perplexity(engine, hf, tokenizer):
-    ids = make_prompts(tokenizer, 40, 1).input_ids
+@pytest.mark.parametrize("length", [2, 40, 1024])  # 1024: a perplexity window as long as the context
+def test_prompt_logprobs_give_the_reference_perplexity(engine, hf, tokenizer, length):
+    ids = make_prompts(tokenizer, length, 1).input_ids
     np.testing.assert_allclose(engine.token_nll(ids), hf.token_nll(ids), rtol=1e-4, atol=1e-4)
 
 

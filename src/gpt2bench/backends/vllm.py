@@ -164,15 +164,27 @@ class VLLMBackend(Backend):
         return [done[rid] for rid in order]
 
     def token_nll(self, input_ids: np.ndarray) -> np.ndarray:
-        """[1, T] ids -> [T-1] negative log-likelihoods of ids[1:], from vLLM's prompt log-probs."""
-        (out,) = self._final(input_ids[:1], self._params(max_tokens=1, prompt_logprobs=0))
+        """[1, T] ids -> [T-1] negative log-likelihoods of ids[1:], from vLLM's log-probs.
+
+        vLLM wants room for one generated token after the prompt, so a window the size of the
+        context (GPT-2's 1024) cannot go in whole: the prompt is ids[:-1] (its own tokens' log-probs)
+        and the last token's log-prob comes from the full distribution at the generated position."""
         tokens = input_ids[0]
-        return np.array([-out.prompt_logprobs[t][int(tokens[t])].logprob for t in range(1, len(tokens))])
+        params = self._params(max_tokens=1, prompt_logprobs=0, logprobs=-1, temperature=0.0)
+        (out,) = self._final(input_ids[:1, :-1], params)
+        nll = [-out.prompt_logprobs[t][int(tokens[t])].logprob for t in range(1, len(tokens) - 1)]
+        nll.append(-out.outputs[0].logprobs[0][int(tokens[-1])].logprob)
+        return np.array(nll)
 
     def logits(self, input_ids: np.ndarray) -> np.ndarray:
         """Full-vocabulary log-probs in place of logits (see the module docstring)."""
         params = self._params(max_tokens=1, prompt_logprobs=-1, logprobs=-1, temperature=0.0)
         batch, seq = input_ids.shape
+        if seq >= self.n_positions:
+            raise BenchError(
+                f"vLLM gives logits for at most {self.n_positions - 1} tokens (the last position's come "
+                f"from a generated token, which must fit in the {self.n_positions}-token context); got {seq}"
+            )
         result = np.full((batch, seq, self.vocab), -np.inf, dtype=np.float32)
         for b, out in enumerate(self._final(input_ids, params)):
             # prompt_logprobs[t] is the distribution of token t given the tokens before it, which is
