@@ -87,6 +87,20 @@ def greedy(backend, input_ids, n: int):
     return np.stack(list(backend.generate(input_ids, n, Sampling())), axis=1)
 
 
+def run_python(code: str, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
+    """Run `code` in a fresh interpreter (nothing this test session imported or configured) and
+    return its stdout; a non-zero exit fails the test with the child's stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """The installed CLI in a fresh process, as a user runs it."""
     full_env = {**os.environ, **(env or {})}

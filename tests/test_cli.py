@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_python
 from gpt2bench.results import COLUMNS
 
 
@@ -27,11 +27,7 @@ def test_help_and_backends_do_not_import_torch():
         "    try:\n        main()\n    except SystemExit as e:\n        assert e.code == 0, e.code\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
-    import subprocess
-
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert "hf-fp16-dynq" in proc.stdout
+    assert "hf-fp16-dynq" in run_python(code)
 
 
 @pytest.mark.parametrize(

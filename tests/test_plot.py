@@ -1,13 +1,11 @@
 """Plots from a fixture results file: the figures hold the expected series (their data, not pixels)."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_python
 from gpt2bench.plot import build_figures, pareto_front, plot
 from gpt2bench.results import COLUMNS
 
@@ -155,5 +153,4 @@ def test_plot_does_not_import_torch(tmp_path):
         "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
         "assert 'torch' not in sys.modules, 'plot imported torch'\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    run_python(code, str(tmp_path))

@@ -1,8 +1,8 @@
-import subprocess
 import sys
 
 import pytest
 
+from conftest import run_python
 from gpt2bench.errors import BenchError
 from gpt2bench.probe import BandwidthProbe
 
@@ -19,8 +19,7 @@ def test_probe_measures_in_a_helper_process_and_keeps_torch_out_of_the_caller():
         "assert 'torch' not in sys.modules, 'the probe imported torch into the measured process'\n"
         "assert pid != os.getpid()\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    run_python(code)
 
 
 def test_a_failing_helper_is_a_clear_error():

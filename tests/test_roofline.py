@@ -1,10 +1,8 @@
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
+from conftest import run_python
 from gpt2bench import roofline
 from gpt2bench.roofline import decode_weight_bytes, machine_roofs, param_count, prefill_flops, roofline_columns
 
@@ -157,10 +155,8 @@ def test_roofs_are_measured_in_a_helper_process_that_leaves_torch_out_of_the_cal
         "import json, sys; from gpt2bench.roofline import machine_roofs; roofs = machine_roofs(1); "
         "print(json.dumps([roofs, 'torch' in sys.modules]))"
     )
-    env = {**os.environ, "GPT2BENCH_CACHE": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    roofs, caller_imported_torch = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_python(code, env={"GPT2BENCH_CACHE": str(tmp_path)})
+    roofs, caller_imported_torch = json.loads(out.strip().splitlines()[-1])
     assert not caller_imported_torch
     assert roofs["read_bandwidth_gbs"] > 0 and roofs["peak_gflops"]["fp32"] > 0
 
