@@ -105,7 +105,8 @@ class VLLMBackend(Backend):
         self.engine = self.llm.llm_engine
         import torch
 
-        if torch.get_num_threads() != settings.threads:  # the row would claim threads it did not run on
+        # On the CPU the row would claim threads it did not run on (on a GPU they only feed the kernels).
+        if settings.device == "cpu" and torch.get_num_threads() != settings.threads:
             raise BenchError(
                 f"vLLM runs on {torch.get_num_threads()} threads, not the {settings.threads} asked for: "
                 "its CPU worker fixed torch's thread count earlier in this process"
