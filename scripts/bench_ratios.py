@@ -24,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from gpt2bench.sysinfo import cpu_label
+
 METRICS = {"e2e": "e2e_ms_median", "tpot": "tpot_ms_median", "ttft": "ttft_ms_median"}
 
 
@@ -42,7 +44,7 @@ def run_backend(label: str, args: argparse.Namespace, out: Path) -> dict:
         sys.exit(f"{label} failed: {proc.stderr.strip()}")
     (run_dir,) = (out / label).iterdir()
     doc = json.loads((run_dir / "results.json").read_text())
-    return {**doc["rows"][0], "probes_gbs": doc["samples"][0]["bandwidth_gbs"]}
+    return {**doc["rows"][0], "probes_gbs": doc["samples"][0]["bandwidth_gbs"], "environment": doc["environment"]}
 
 
 def main() -> int:
@@ -76,6 +78,7 @@ def main() -> int:
     print(
         f"\nmodel={ref['model']} ({ref['weights']}) prompt={args.prompt_len} gen={args.gen_len} "
         f"threads={ref['threads']}; speedup = {ref_name} time / backend time (medians)\n"
+        f"cpu: {cpu_label(ref['environment'])}\n"
     )
     print(
         "bound = weight bytes read per decoded token / read bandwidth (median of the probes around the row's "

@@ -277,13 +277,13 @@ def env(
 
     from gpt2bench.roofline import machine_roofs
     from gpt2bench.specs import default_threads
-    from gpt2bench.sysinfo import environment
+    from gpt2bench.sysinfo import cpu_label, environment
 
     threads = threads or default_threads()
     torch.set_num_threads(threads)
     info = environment()
     roofs = machine_roofs(threads, refresh)
-    print(f"cpu          {info['cpu_model']}")
+    print(f"cpu          {cpu_label(info)}, torch kernels {info['torch']['cpu_capability']}")
     print(f"cores        {info['cpu_count_logical']} logical, {info['cpu_affinity']} available to this process")
     print(f"memory       {info['memory_total_gb']:.1f} GiB")
     print(f"gpu          {info['torch'].get('cuda_device', 'none')}")

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from gpt2bench.results import read_document
+from gpt2bench.sysinfo import cpu_label
 
 Row = dict[str, Any]
 REQUIRED = (
@@ -64,7 +65,7 @@ def _caption(fig: Figure, doc: dict[str, Any], rows: list[Row]) -> None:
     commit = ((env.get("git") or {}).get("commit") or "")[:12]
     model = f"model {first.get('model')} ({first.get('weights')}, {first.get('model_hash')})"
     text = (
-        f"{model} | {env.get('cpu_model', '?')} | {first.get('threads')} threads | "
+        f"{model} | {cpu_label(env)} | {first.get('threads')} threads | "
         f"gpt2bench {env.get('gpt2bench_version', '?')} {commit}"
     )
     fig.text(0.01, 0.005, text, fontsize=7, color="0.35", ha="left", va="bottom")
@@ -239,7 +240,7 @@ def summary_markdown(doc: dict[str, Any], rows: list[Row], figures: list[str]) -
         lines += [f"> **{RANDOM_STAMP}.**", ""]
     lines += [
         f"Model `{rows[0].get('model')}` ({rows[0].get('weights')}, sha256 {rows[0].get('model_hash')}); "
-        f"{env.get('cpu_model', '?')}; {rows[0].get('threads')} threads; gpt2bench "
+        f"{cpu_label(env)}; {rows[0].get('threads')} threads; gpt2bench "
         f"{env.get('gpt2bench_version', '?')} at {(env.get('git') or {}).get('commit')}.",
         "",
         f"## Headline cell: prompt {cell[0]}, generate {cell[1]}, batch {cell[2]}",

@@ -40,14 +40,53 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def cpu_model() -> str:
+# The instruction sets that decide which kernels a backend gets: bf16 and int8 matmuls run natively
+# with AVX512-BF16 / VNNI / AMX and are emulated (or widened to fp32) without them. A VM's model name
+# alone ("AMD EPYC") does not tell an AVX2-only Zen 3 from a Zen 4 with AVX512-BF16.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8", "asimd", "sve")
+
+
+def _parse_cpuinfo(text: str) -> dict[str, str]:
+    """The first processor's block of a /proc/cpuinfo text as {field: value}."""
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def _cpuinfo_first() -> dict[str, str]:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        return _parse_cpuinfo(Path("/proc/cpuinfo").read_text())
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return {}
+
+
+def cpu_model() -> str:
+    return _cpuinfo_first().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_id() -> dict[str, Any]:
+    """Vendor, family/model/stepping and the kernel-deciding ISA extensions of this CPU."""
+    info = _cpuinfo_first()
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    return {
+        "vendor": info.get("vendor_id") or info.get("CPU implementer"),
+        "family": info.get("cpu family"),
+        "model": info.get("model"),
+        "stepping": info.get("stepping"),
+        "isa": [flag for flag in ISA_FLAGS if flag in flags],
+    }
+
+
+def cpu_label(env: dict[str, Any]) -> str:
+    """One line naming the CPU of a recorded environment, e.g. 'AMD EPYC (family 25 model 1; avx2 fma)'."""
+    name = env.get("cpu_model") or "?"
+    cpu = env.get("cpu") or {}
+    ident = f"family {cpu['family']} model {cpu['model']}" if cpu.get("family") and cpu.get("model") else ""
+    parts = [part for part in (ident, " ".join(cpu.get("isa") or [])) if part]
+    return f"{name} ({'; '.join(parts)})" if parts else name
 
 
 def memory_total_gb() -> float | None:
@@ -89,6 +128,7 @@ def torch_info() -> dict[str, Any]:
         "num_interop_threads": torch.get_num_interop_threads(),
         "parallel_info": torch.__config__.parallel_info(),
         "cuda_available": torch.cuda.is_available(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels torch dispatches to
     }
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(0)
@@ -104,6 +144,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "hostname": platform.node(),
         "cpu_model": cpu_model(),
+        "cpu": cpu_id(),
         "cpu_count_logical": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_total_gb": memory_total_gb(),

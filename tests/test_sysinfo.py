@@ -1,0 +1,33 @@
+"""The machine record: enough to tell two CPUs that share a marketing name apart."""
+
+from gpt2bench import sysinfo
+
+
+def test_cpu_id_reads_family_model_and_the_kernel_deciding_isa(monkeypatch):
+    cpuinfo = (
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+        "model name\t: AMD EPYC\nstepping\t: 1\nflags\t\t: fpu sse avx2 fma avx512f avx512_bf16 avx512_vnni\n\n"
+        "processor\t: 1\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nflags\t\t: fpu\n"
+    )
+    monkeypatch.setattr(sysinfo, "_cpuinfo_first", lambda: sysinfo._parse_cpuinfo(cpuinfo))
+    cpu = sysinfo.cpu_id()
+    assert cpu == {
+        "vendor": "AuthenticAMD",
+        "family": "25",
+        "model": "17",
+        "stepping": "1",
+        "isa": ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"],
+    }
+    env = {"cpu_model": sysinfo.cpu_model(), "cpu": cpu}
+    assert sysinfo.cpu_label(env) == "AMD EPYC (family 25 model 17; avx2 fma avx512f avx512_vnni avx512_bf16)"
+
+
+def test_cpu_label_of_older_results_without_the_cpu_record():
+    assert sysinfo.cpu_label({"cpu_model": "AMD EPYC"}) == "AMD EPYC"
+    assert sysinfo.cpu_label({}) == "?"
+
+
+def test_environment_records_this_cpu():
+    env = sysinfo.environment()
+    assert env["cpu"]["isa"] == sysinfo.cpu_id()["isa"]
+    assert sysinfo.cpu_label(env).startswith(env["cpu_model"])
