@@ -288,7 +288,7 @@ def test_more_threads_than_cores_warns_and_still_runs(tmp_path, tiny_model_dir):
     cache.mkdir()
     # Roofs for this thread count cached up front, so the test does not spend seconds measuring them.
     roofs = {"read_bandwidth_gbs": 30.0, "peak_gflops": {"fp32": 100.0}}
-    (cache / "machine.json").write_text(json.dumps({f"threads{threads}_v3": roofs}))
+    (cache / "machine.json").write_text(json.dumps({f"threads{threads}_v4": roofs}))
     args = ("--model", str(tiny_model_dir), "--gen-len", "2", "--repeats", "1", "--warmup", "0")
     proc = run_cli(
         "run",

@@ -57,10 +57,11 @@ def test_microbenchmarks_are_positive_and_cached(monkeypatch, tmp_path):
     monkeypatch.setenv("GPT2BENCH_CACHE", str(tmp_path))
     monkeypatch.setattr(roofline, "measure_read_bandwidth", lambda threads: 12.5)
     peaks = {"fp32": 80.0, "bf16": 200.0, "int8": None}
-    monkeypatch.setattr(roofline, "measure_peak_gflops", lambda threads, dtype: peaks[dtype])
-    assert machine_roofs(1, measure=roofline.measure_roofs) == {"read_bandwidth_gbs": 12.5, "peak_gflops": peaks}
+    monkeypatch.setattr(roofline, "measure_peak_gflops", lambda threads, dtype, size=0: peaks[dtype])
+    expected = {"read_bandwidth_gbs": 12.5, "peak_gflops": peaks, "matmul_gflops": peaks}
+    assert machine_roofs(1, measure=roofline.measure_roofs) == expected
 
-    def fail(threads, dtype=None):
+    def fail(threads, dtype=None, size=0):
         raise AssertionError("measured again instead of using the cache")
 
     monkeypatch.setattr(roofline, "measure_read_bandwidth", fail)
@@ -74,6 +75,34 @@ def test_real_microbenchmarks_return_positive_numbers():
     assert roofline.measure_peak_gflops(1, "bf16", size=256, repeats=2) > 0
     int8 = roofline.measure_peak_gflops(1, "int8", size=256, repeats=2)
     assert int8 is None or int8 > 0
+
+
+def test_a_matmul_slower_than_fp32_is_a_fallback_loop_not_a_roof():
+    # Measured on an AVX2-only EPYC: torch has no native bf16 or int8 matmul there.
+    avx2 = {"fp32": 147.0, "bf16": 0.3, "int8": 1.4}
+    assert roofline.native_roofs(avx2) == {"fp32": 147.0, "bf16": None, "int8": None}
+    native = {"fp32": 165.0, "bf16": 399.0, "int8": 850.0}  # AVX512-BF16 and VNNI
+    assert roofline.native_roofs(native) == native
+    assert roofline.native_roofs({"fp32": None, "bf16": 5.0, "int8": None}) == {"fp32": None, "bf16": 5.0, "int8": None}
+    row = {"backend": "static-kv", "dtype": "bf16", "batch_size": 1, "prompt_len": 50}
+    timed = {**row, "tpot_ms_median": 19.0, "ttft_ms_median": 463.0}
+    roof = roofline.peak_for({"peak_gflops": roofline.native_roofs(avx2)}, "static-kv", "bf16")
+    cols = roofline_columns(timed, {"n_embd": 768, "n_layer": 12, "vocab_size": 50257}, 20.0, roof)
+    assert cols["peak_gflops"] is None and cols["prefill_peak_frac"] is None  # not 9,000% of a loop
+
+
+def test_fallback_matmuls_are_screened_small_instead_of_timed_for_minutes(monkeypatch):
+    # bf16 runs a fallback loop (slower than fp32 at the screening size): never timed at 2048.
+    rates = {"fp32": 90.0, "bf16": 1.4, "int8": 180.0}
+    timed = []
+
+    def measure(threads, dtype, size):
+        timed.append((dtype, size))
+        return rates[dtype] * (2 if size == 2048 else 1)
+
+    monkeypatch.setattr(roofline, "measure_peak_gflops", measure)
+    assert roofline.measure_matmuls(2) == {"fp32": 180.0, "bf16": 1.4, "int8": 360.0}
+    assert ("bf16", 2048) not in timed and ("int8", 2048) in timed and ("fp32", 2048) in timed
 
 
 def test_each_row_is_held_to_the_matmul_roof_of_its_arithmetic():
@@ -137,7 +166,7 @@ def test_roofs_measured_on_a_busy_machine_are_not_cached(monkeypatch, tmp_path, 
     monkeypatch.setenv("GPT2BENCH_CACHE", str(tmp_path))
     calls = []
     monkeypatch.setattr(roofline, "measure_read_bandwidth", lambda threads: calls.append(threads) or 12.5)
-    monkeypatch.setattr(roofline, "measure_peak_gflops", lambda threads, dtype: 80.0)
+    monkeypatch.setattr(roofline, "measure_peak_gflops", lambda threads, dtype, size=0: 80.0)
     monkeypatch.setattr(roofline, "ContentionMonitor", monitor(0.5))
     here = roofline.measure_roofs
     assert machine_roofs(1, measure=here)["read_bandwidth_gbs"] == 12.5  # used for the run at hand

@@ -293,13 +293,19 @@ def env(
     )
     print(f"bandwidth    {roofs['read_bandwidth_gbs']:.1f} GB/s read (best of fp32/bf16 sum, amax, dot; cached)")
     for dtype, peak in roofs["peak_gflops"].items():
-        shown = f"{peak:.1f} GFLOP/s" if peak else "not available"
-        print(f"peak {dtype:<7} {shown} (2048x2048 matmul; cached)")
+        measured = roofs.get("matmul_gflops", {}).get(dtype)
+        if peak:
+            shown = f"{peak:.1f} GFLOP/s (2048x2048 matmul; cached)"
+        elif measured:
+            shown = f"none: no native {dtype} matmul here (torch's fallback loop: {measured:.1f} GFLOP/s at 256x256)"
+        else:
+            shown = "not available"
+        print(f"peak {dtype:<7} {shown}")
     print(f"python       {info['python']} on {info['platform']}")
     dirty = " (dirty)" if info["git"]["dirty"] else ""
     print(f"gpt2bench    {info['gpt2bench_version']} at {info['git']['commit']}{dirty}")
     for name, version in info["packages"].items():
-        print(f"  {name:<15}{version or '-'}")
+        print(f"  {name:<17}{version or '-'}")
 
 
 @app.command()

@@ -183,12 +183,40 @@ def measure_read_bandwidth(threads: int, size_mb: int = 512, repeats: int = 7) -
     return n_bytes / best / 1e9
 
 
+def native_roofs(matmul_gflops: dict[str, float | None]) -> dict[str, float | None]:
+    """The matmul rates that are roofs. A narrower arithmetic that multiplies slower than fp32 is
+    running torch's fallback loop, because this CPU lacks its instructions (bf16 and int8 on an
+    AVX2-only CPU: 0.3 and 1.4 GFLOP/s against fp32's 147). That measures the loop, not the
+    machine, and a row held to it would read thousands of percent of peak, so it is no roof."""
+    fp32 = matmul_gflops.get("fp32")
+    return {
+        dtype: None if dtype != "fp32" and fp32 and peak is not None and peak < fp32 else peak
+        for dtype, peak in matmul_gflops.items()
+    }
+
+
+def measure_matmuls(threads: int, size: int = 2048, screen: int = 256) -> dict[str, float | None]:
+    """GFLOP/s of a `size` square matmul per arithmetic in PEAK_DTYPES. Each narrower one is first
+    screened at `screen` against fp32 at the same size: a fallback loop is left at that rate, since
+    at `size` it would take minutes (6 x 57 s for bf16 on an AVX2-only CPU) to say the same."""
+    small_fp32 = measure_peak_gflops(threads, "fp32", size=screen)
+    rates: dict[str, float | None] = {}
+    for dtype in PEAK_DTYPES:
+        small = small_fp32 if dtype == "fp32" else measure_peak_gflops(threads, dtype, size=screen)
+        fallback = dtype != "fp32" and small is not None and small_fp32 is not None and small < small_fp32
+        rates[dtype] = small if fallback or small is None else measure_peak_gflops(threads, dtype, size=size)
+    return rates
+
+
 def measure_roofs(threads: int) -> tuple[dict[str, Any], float]:
-    """The machine's roofs measured here and now, and the share of the CPU other processes used meanwhile."""
+    """The machine's roofs measured here and now, and the share of the CPU other processes used meanwhile.
+    `matmul_gflops` keeps every measured matmul rate, `peak_gflops` the ones that are roofs."""
     monitor = ContentionMonitor()
+    matmul = measure_matmuls(threads)
     roofs = {
         "read_bandwidth_gbs": measure_read_bandwidth(threads),
-        "peak_gflops": {dtype: measure_peak_gflops(threads, dtype) for dtype in PEAK_DTYPES},
+        "peak_gflops": native_roofs(matmul),
+        "matmul_gflops": matmul,
     }
     return roofs, monitor.stop().other_cpu_frac
 
@@ -218,7 +246,7 @@ def machine_roofs(
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
         cached = {}
-    key = f"threads{threads}_v3"
+    key = f"threads{threads}_v4"  # v4: peak_gflops holds native roofs only
     if not refresh and key in cached:
         return dict(cached[key])
     roofs, busy = measure(threads)
