@@ -126,6 +126,22 @@ def test_bf16_runs_and_reports_agreement(tiny_model, prompts, reference):
     print(f"static-kv bf16 greedy agreement with hf-eager fp32: {(tokens == reference[0]).mean():.2%}")
 
 
+def test_compiled_bf16_takes_the_cpp_gemm_template_for_prefill_where_bf16_is_emulated(tiny_model, prompts, reference):
+    import torch
+    from torch._dynamo.utils import counters
+
+    bf16 = load_backend("static-kv", tiny_model, dtype="bf16")  # max-autotune-no-cudagraphs
+    templated = counters["inductor"]["cpp_templated_kernel_counter"]
+    bf16.setup(2, 16, 30, Sampling())
+    gemms = 2 * 4 + 1  # per decode step: four linears per block and lm_head
+    emulated = not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    # Without native bf16 (AVX2), prefill's GEMMs come from the template too, not aten's fallback loop.
+    assert counters["inductor"]["cpp_templated_kernel_counter"] - templated == (2 if emulated else 1) * gemms
+    tokens = greedy(bf16, prompts, 30)
+    assert tokens.shape == reference[0].shape
+    print(f"compiled static-kv bf16 greedy agreement with hf-eager fp32: {(tokens == reference[0]).mean():.2%}")
+
+
 @pytest.mark.slow
 def test_production_compile_mode_matches_hf_eager(tiny_model, tokenizer):
     ids = make_prompts(tokenizer, 12, 1).input_ids

@@ -141,6 +141,7 @@ class _StaticKV(TorchDevice, Backend):
             return
         torch._dynamo.reset()  # new cache buffers: start from clean graphs rather than pile up guards
         self._skips_at_compile = cudagraph_skips()
+        long_options: dict[str, Any] = {}
         if self.device.type == "cpu":
             # Inductor settings go per compile, so they cannot leak into other compiled code in the
             # process. The autotune report (every GEMM candidate's timing on stderr) is not ours.
@@ -154,15 +155,29 @@ class _StaticKV(TorchDevice, Backend):
                 "max_autotune_gemm_backends": "CPP",
             }
             decode = torch.compile(decode_step, options=options, fullgraph=True, dynamic=False)
+            # bf16/fp16 on a CPU without native instructions for it (AVX2 only): freezing cannot
+            # hand prefill's GEMMs to oneDNN, and aten's fallback loop made TTFT 4x fp32's at prompt
+            # 50 on a Zen 3. Inductor's C++ template widens them to fp32 in registers, as in decode.
+            if self._emulated_low_precision():
+                long_options = options
         else:
             decode = torch.compile(decode_step, mode=self.mode, fullgraph=True, dynamic=False)
-        # Prefill and full logits see a new length per cell: dynamic shapes, default mode (CUDA
-        # graphs of every prompt length would cost memory for one call each).
-        prefill = torch.compile(prefill_step, fullgraph=True, dynamic=True)
-        full = torch.compile(full_logits, fullgraph=True, dynamic=True)
+        # Prefill and full logits see a new length per cell: dynamic shapes, default mode unless
+        # said above (CUDA graphs of every prompt length would cost memory for one call each).
+        prefill = torch.compile(prefill_step, options=long_options, fullgraph=True, dynamic=True)
+        full = torch.compile(full_logits, options=long_options, fullgraph=True, dynamic=True)
         if self.device.type == "cpu":
             decode, prefill, full = with_freezing(decode), with_freezing(prefill), with_freezing(full)
         self._decode, self._prefill, self._full = decode, prefill, full
+
+    def _emulated_low_precision(self) -> bool:
+        """bf16/fp16 weights on a CPU whose oneDNN has no native kernels for them."""
+        import torch
+
+        dtype = self.model.wte.weight.dtype
+        if dtype == torch.bfloat16:
+            return not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return dtype == torch.float16 and not torch.ops.mkldnn._is_mkldnn_fp16_supported()
 
     def _ensure_cache(self, batch: int, length: int, exact: bool = True) -> None:
         """Generation wants the cache sized for its own cell (exact), since attention reads every
