@@ -5,7 +5,7 @@ import json
 import numpy as np
 
 from conftest import run_cli
-from gpt2bench.compare import compare
+from gpt2bench.compare import compare, machine_note
 
 TIGHT = [10.0, 10.1, 9.9, 10.05, 9.95, 10.02, 9.98]
 
@@ -102,3 +102,13 @@ def test_exit_codes(tmp_path):
     assert bad.returncode == 1 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
     unknown = run_cli("compare", str(tmp_path / "base"), str(tmp_path / "same"), "--metric", "speed")
     assert unknown.returncode == 2 and "unknown metric 'speed'" in unknown.stderr
+
+
+def test_runs_on_different_cpus_are_flagged():
+    zen3 = {"cpu_model": "AMD EPYC", "cpu": {"family": "25", "model": "1", "isa": ["avx2", "fma"]}}
+    zen4 = {"cpu_model": "AMD EPYC", "cpu": {"family": "25", "model": "17", "isa": ["avx2", "avx512_bf16"]}}
+    assert machine_note({"environment": zen3}, {"environment": zen3}) is None
+    note = machine_note({"environment": zen4}, {"environment": zen3})
+    assert "model 17; avx2 avx512_bf16" in note and "model 1; avx2 fma" in note
+    # A baseline that predates the CPU record names only the model: flagged, since nothing says it matches.
+    assert machine_note({"environment": {"cpu_model": "AMD EPYC"}}, {"environment": zen3}) is not None

@@ -21,6 +21,7 @@ import numpy as np
 
 from gpt2bench.errors import UsageError
 from gpt2bench.results import read_document
+from gpt2bench.sysinfo import cpu_label
 
 # metric -> True when lower is better
 SPEED_METRICS = {"tpot_ms": True, "ttft_ms": True, "e2e_ms": True, "decode_tps": False, "overall_tps": False}
@@ -155,6 +156,16 @@ def markdown(verdicts: list[Verdict], normalized_to: str | None) -> str:
             f"{_num(v.new)} | {_num(v.ratio)} | {_num(v.p_value, 2)} | {mark} |"
         )
     return "\n".join(lines)
+
+
+def machine_note(baseline: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """A warning when the two runs were measured on different CPUs. Normalizing to a reference
+    backend cancels a machine's overall speed, not its instruction sets: int8 with or without
+    VNNI, or bf16 with or without AVX512-BF16, moves one backend against hf-eager."""
+    old_cpu, new_cpu = (cpu_label(doc.get("environment", {})) for doc in (baseline, new))
+    if old_cpu == new_cpu:
+        return None
+    return f"note: the baseline ran on {old_cpu}, the new run on {new_cpu}: ratios also compare the CPUs"
 
 
 def load(folder: Path) -> dict[str, Any]:
