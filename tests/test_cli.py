@@ -306,3 +306,28 @@ def test_more_threads_than_cores_warns_and_still_runs(tmp_path, tiny_model_dir):
     (run_dir,) = (tmp_path / "out").iterdir()
     with (run_dir / "results.csv").open() as fh:
         assert next(csv.DictReader(fh))["threads"] == str(threads)
+
+
+def test_env_names_the_cpu_and_says_which_arithmetic_has_no_roof(tmp_path):
+    from gpt2bench.sysinfo import cpu_label, environment
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    roofs = {
+        "read_bandwidth_gbs": 25.0,
+        "peak_gflops": {"fp32": 170.0, "bf16": None, "int8": None},
+        "matmul_gflops": {"fp32": 170.0, "bf16": 1.4, "int8": None},
+    }
+    (cache / "machine.json").write_text(json.dumps({"threads1_v4": roofs}))
+    proc = run_cli("env", "--threads", "1", env={"GPT2BENCH_CACHE": str(cache)})
+    assert proc.returncode == 0, proc.stderr
+    lines = {}
+    for line in proc.stdout.splitlines():
+        words = line.split()
+        if words:
+            lines[" ".join(words[:2]) if words[0] == "peak" else words[0]] = line
+    assert cpu_label(environment()) in lines["cpu"]
+    assert "170.0 GFLOP/s" in lines["peak fp32"]
+    assert "no native bf16 matmul here (torch's fallback loop: 1.4 GFLOP/s" in lines["peak bf16"]
+    assert lines["peak int8"].endswith("not available")
+    assert "huggingface-hub  " in proc.stdout  # the longest package name keeps a gap before its version
