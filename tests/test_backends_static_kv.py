@@ -79,6 +79,22 @@ def test_decode_attention_matches_sdpa():
     torch.testing.assert_close(low.float(), expected, atol=2e-2, rtol=2e-2)
 
 
+def test_widened_linear_is_the_bf16_product_computed_in_fp32():
+    import torch
+    import torch.nn.functional as F
+
+    from gpt2bench.gpt2 import linear
+
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*shape, generator=gen) for shape in ((3, 5, 64), (32, 64), (32,)))
+    wide = linear(x.bfloat16(), w.bfloat16(), b.bfloat16(), widen=True)
+    assert wide.dtype == torch.bfloat16 and wide.shape == (3, 5, 32)
+    # aten's bf16 GEMM also accumulates in fp32: the two differ by the output's bf16 rounding at most
+    torch.testing.assert_close(wide, F.linear(x.bfloat16(), w.bfloat16(), b.bfloat16()), atol=2e-2, rtol=2**-7)
+    torch.testing.assert_close(wide.float(), F.linear(x, w, b), atol=0.3, rtol=0.05)  # far from fp32 inputs' result
+    assert torch.equal(linear(x, w, b, widen=True), F.linear(x, w, b))  # fp32 weights: nothing to widen
+
+
 def test_full_context_prompt_plus_generation_of_1024(eager, tiny_model, tokenizer):
     ids = make_prompts(tokenizer, 1000, 1).input_ids
     hf = load_backend("hf-eager", tiny_model)
@@ -126,18 +142,29 @@ def test_bf16_runs_and_reports_agreement(tiny_model, prompts, reference):
     print(f"static-kv bf16 greedy agreement with hf-eager fp32: {(tokens == reference[0]).mean():.2%}")
 
 
-def test_compiled_bf16_takes_the_cpp_gemm_template_for_prefill_where_bf16_is_emulated(tiny_model, prompts, reference):
+def test_compiled_bf16_where_emulated_templates_short_prefills_and_widens_long_ones(tiny_model, prompts, reference):
     import torch
     from torch._dynamo.utils import counters
+    from torch.profiler import profile
+
+    from gpt2bench.backends.static_kv import WIDEN_ROWS
 
     bf16 = load_backend("static-kv", tiny_model, dtype="bf16")  # max-autotune-no-cudagraphs
-    templated = counters["inductor"]["cpp_templated_kernel_counter"]
-    bf16.setup(2, 16, 30, Sampling())
-    gemms = 2 * 4 + 1  # per decode step: four linears per block and lm_head
     emulated = not torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    # Without native bf16 (AVX2), prefill's GEMMs come from the template too, not aten's fallback loop.
+    templated = counters["inductor"]["cpp_templated_kernel_counter"]
+    assert 2 * 4 < WIDEN_ROWS <= prompts.size
+    bf16.setup(2, 4, 30, Sampling())  # 8 rows: a short prefill, on the cache the long prompts use too
+    layers = bf16.model.cfg.n_layer
+    gemms = layers * 4 + 1  # four linears per block and lm_head
+    # Without native bf16 (AVX2), a short prefill's GEMMs come from the template too, not aten's fallback loop.
     assert counters["inductor"]["cpp_templated_kernel_counter"] - templated == (2 if emulated else 1) * gemms
-    tokens = greedy(bf16, prompts, 30)
+    tokens = greedy(bf16, prompts, 30)  # 2 x 16 rows: a long prefill
+    with profile(record_shapes=True) as prof:
+        np.testing.assert_array_equal(greedy(bf16, prompts, 30), tokens)
+    fp32_gemms = [e for e in prof.events() if e.name in ("aten::mm", "aten::addmm") and e.input_dtypes[1] == "float"]
+    # ... and a long one runs its projections as fp32 GEMMs on weights widened for the call (lm_head,
+    # one row per sequence, stays bf16); where bf16 is native, oneDNN does them all.
+    assert len(fp32_gemms) == (layers * 4 if emulated else 0)
     assert tokens.shape == reference[0].shape
     print(f"compiled static-kv bf16 greedy agreement with hf-eager fp32: {(tokens == reference[0]).mean():.2%}")
 

@@ -4,6 +4,9 @@ The cache is allocated once as [batch, heads, max_len, head_dim] and written in 
 current positions, so decoding has fixed shapes: torch.compile builds one graph and reuses it for
 every token, and CUDA graphs can capture it. Attention masks by position, which also hides
 whatever an earlier generation left in the cache beyond the current position.
+
+`widen=True` runs the projections of a call in fp32 from bf16/fp16 weights (see `linear`): for
+CPUs that have no instructions for those types, on calls with many rows.
 """
 
 from __future__ import annotations
@@ -39,6 +42,27 @@ class Config:
         return self.n_embd // self.n_head
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, widen: bool = False) -> torch.Tensor:
+    """F.linear, or with `widen` the same product computed in fp32 and rounded back to x's dtype.
+
+    A bf16 GEMM takes bf16 inputs, accumulates in fp32 and rounds its output to bf16; widening
+    does that too, only in another order. It exists for CPUs without bf16/fp16 instructions
+    (AVX2): there every GEMM kernel widens each weight in registers once per block of rows, which
+    made a bf16 prefill 2.4x slower than fp32 at 900 tokens. Widening the weights once per call
+    costs ~40 ms for GPT-2 124M and lets fp32 GEMMs do the rows. The fp32 copies are temporaries,
+    so the model keeps its bf16 memory footprint (unless a compiler freezes the weights and folds
+    the widening into constants: static-kv compiles its widened graphs without freezing).
+    """
+    if not widen or weight.dtype == torch.float32:
+        return F.linear(x, weight, bias)
+    return F.linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
+
+
+class Linear(nn.Linear):
+    def forward(self, x: torch.Tensor, widen: bool = False) -> torch.Tensor:
+        return linear(x, self.weight, self.bias, widen)
+
+
 class KVCache(nn.Module):
     def __init__(
         self, batch: int, n_head: int, max_len: int, head_dim: int, dtype: torch.dtype, device: torch.device
@@ -70,13 +94,13 @@ class Attention(nn.Module):
     def __init__(self, cfg: Config) -> None:
         super().__init__()
         self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.c_attn = Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.c_proj = Linear(cfg.n_embd, cfg.n_embd)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, widen: bool = False) -> torch.Tensor:
         batch, seq, width = x.shape
-        q, k, v = self.c_attn(x).split(width, dim=2)
+        q, k, v = self.c_attn(x, widen).split(width, dim=2)
         q, k, v = (t.view(batch, seq, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
         assert self.kv_cache is not None, "call GPT2.setup_caches first"
         k, v = self.kv_cache.update(pos, k, v)
@@ -84,17 +108,17 @@ class Attention(nn.Module):
             y = decode_attention(q, k, v, mask)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.c_proj(y.transpose(1, 2).reshape(batch, seq, width))
+        return self.c_proj(y.transpose(1, 2).reshape(batch, seq, width), widen)
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: Config) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.c_fc = Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.c_proj = Linear(4 * cfg.n_embd, cfg.n_embd)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's "gelu_new"
+    def forward(self, x: torch.Tensor, widen: bool = False) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x, widen), approximate="tanh"), widen)  # GPT-2's "gelu_new"
 
 
 class Block(nn.Module):
@@ -105,9 +129,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), pos, mask)
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, widen: bool = False) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), pos, mask, widen)
+        return x + self.mlp(self.ln_2(x), widen)
 
 
 class GPT2(nn.Module):
@@ -131,14 +155,19 @@ class GPT2(nn.Module):
         self.register_buffer("causal_mask", causal, persistent=False)
         self.max_len = max_len
 
-    def forward(self, idx: torch.Tensor, pos: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        """idx [batch, seq] at positions pos [seq] -> logits [batch, seq or 1, vocab]."""
+    def forward(
+        self, idx: torch.Tensor, pos: torch.Tensor, last_only: bool = False, widen: bool = False
+    ) -> torch.Tensor:
+        """idx [batch, seq] at positions pos [seq] -> logits [batch, seq or 1, vocab].
+
+        `widen` computes the projections in fp32 (see `linear`); lm_head too unless `last_only`,
+        where it has one row per sequence and widening 38M weights would cost more than it saves."""
         mask = self.causal_mask[None, None, pos]  # [1, 1, seq, max_len]: key j visible iff j <= pos
         x = self.wte(idx) + self.wpe(pos)
         for block in self.h:
-            x = block(x, pos, mask)
+            x = block(x, pos, mask, widen)
         x = self.ln_f(x[:, -1:] if last_only else x)
-        return F.linear(x, self.wte.weight)  # lm_head tied to the token embedding
+        return linear(x, self.wte.weight, None, widen and not last_only)  # lm_head tied to the token embedding
 
     @classmethod
     def from_hf(cls, folder: Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> GPT2:

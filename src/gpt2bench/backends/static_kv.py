@@ -30,6 +30,11 @@ if TYPE_CHECKING:
     from gpt2bench.specs import Sampling
 
 CACHE_ROUND = 64  # cache length rounded up, so nearby cells share a compiled graph
+# Where bf16/fp16 is emulated, calls with at least this many rows (batch x tokens) run their GEMMs
+# in fp32 from widened weights. Measured on a Zen 3, 124M bf16: widening costs ~40 ms a call and
+# the templated bf16 GEMMs ~4 ms a row, so below ~10-16 rows the template wins (prompt 8: 37 ms
+# against ~80), above it widening does (prompt 50: 215 -> 130 ms; prompt 900: 3.6 -> 1.3 s).
+WIDEN_ROWS = 16
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEFAULT_MODE = {"cpu": "max-autotune-no-cudagraphs", "cuda": "reduce-overhead"}
 # torch.compile takes a mode or an options dict, not both; on the CPU we pass options (the GEMM
@@ -68,6 +73,12 @@ def prefill_step(
     return next_token(model(idx, pos, last_only=True)[:, -1], temperature, top_k, top_p)
 
 
+def wide_prefill_step(
+    model: Any, idx: torch.Tensor, pos: torch.Tensor, temperature: float, top_k: int, top_p: float
+) -> torch.Tensor:
+    return next_token(model(idx, pos, last_only=True, widen=True)[:, -1], temperature, top_k, top_p)
+
+
 def decode_step(
     model: Any, idx: torch.Tensor, pos: torch.Tensor, temperature: float, top_k: int, top_p: float
 ) -> torch.Tensor:
@@ -76,6 +87,10 @@ def decode_step(
 
 def full_logits(model: Any, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return model(idx, pos)
+
+
+def wide_full_logits(model: Any, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    return model(idx, pos, widen=True)
 
 
 def cudagraph_skips() -> int:
@@ -125,6 +140,7 @@ class _StaticKV(TorchDevice, Backend):
         self.device = torch_device(settings.device, settings.threads)
         self.model = GPT2.from_hf(model.path, torch_dtype(settings.dtype), self.device)
         self.mode = settings.options.get("compile_mode", DEFAULT_MODE[self.device.type]) if self.compiled else None
+        self.emulated = self.device.type == "cpu" and self._emulated_low_precision()
         self.wants_graphs = MODE_OPTIONS.get(self.mode or "default", {}).get("triton.cudagraphs", False)
         self.cudagraphs = self.device.type == "cuda" and self.wants_graphs
         self._skips_at_compile = cudagraph_skips()
@@ -136,12 +152,16 @@ class _StaticKV(TorchDevice, Backend):
         import torch
 
         self._warm: set[tuple[float, int, float]] = set()  # sampling parameters decoded on these graphs
+        # Where bf16/fp16 is emulated, long calls run their GEMMs in fp32 (gpt2.linear, WIDEN_ROWS).
+        wide_prefill = wide_prefill_step if self.emulated else None
+        logits = wide_full_logits if self.emulated else full_logits
         if self.mode is None:
-            self._prefill, self._decode, self._full = prefill_step, decode_step, full_logits
+            self._decode, self._prefill = decode_step, prefill_step
+            self._wide_prefill, self._full = wide_prefill, logits
             return
         torch._dynamo.reset()  # new cache buffers: start from clean graphs rather than pile up guards
         self._skips_at_compile = cudagraph_skips()
-        long_options: dict[str, Any] = {}
+        short_options: dict[str, Any] = {}
         if self.device.type == "cpu":
             # Inductor settings go per compile, so they cannot leak into other compiled code in the
             # process. The autotune report (every GEMM candidate's timing on stderr) is not ours.
@@ -155,20 +175,27 @@ class _StaticKV(TorchDevice, Backend):
                 "max_autotune_gemm_backends": "CPP",
             }
             decode = torch.compile(decode_step, options=options, fullgraph=True, dynamic=False)
-            # bf16/fp16 on a CPU without native instructions for it (AVX2 only): freezing cannot
-            # hand prefill's GEMMs to oneDNN, and aten's fallback loop made TTFT 4x fp32's at prompt
-            # 50 on a Zen 3. Inductor's C++ template widens them to fp32 in registers, as in decode.
-            if self._emulated_low_precision():
-                long_options = options
+            # bf16/fp16 on a CPU without native instructions for it (AVX2): freezing cannot hand
+            # prefill's GEMMs to oneDNN, and aten's fallback loop made TTFT 4x fp32's at prompt 50 on
+            # a Zen 3. Short prefills take inductor's C++ template, as decode does; long ones widen.
+            if self.emulated:
+                short_options = options
         else:
             decode = torch.compile(decode_step, mode=self.mode, fullgraph=True, dynamic=False)
         # Prefill and full logits see a new length per cell: dynamic shapes, default mode unless
         # said above (CUDA graphs of every prompt length would cost memory for one call each).
-        prefill = torch.compile(prefill_step, options=long_options, fullgraph=True, dynamic=True)
-        full = torch.compile(full_logits, options=long_options, fullgraph=True, dynamic=True)
+        prefill = torch.compile(prefill_step, options=short_options, fullgraph=True, dynamic=True)
+        full = torch.compile(logits, fullgraph=True, dynamic=True)
         if self.device.type == "cpu":
-            decode, prefill, full = with_freezing(decode), with_freezing(prefill), with_freezing(full)
-        self._decode, self._prefill, self._full = decode, prefill, full
+            decode, prefill = with_freezing(decode), with_freezing(prefill)
+            # Frozen, the widened graphs would fold fp32 copies of the weights into constants:
+            # faster by the widening (~40 ms a call) but +0.5 GB for each graph, and a bf16 row whose
+            # memory is not bf16's. Unfrozen, their fp32 GEMMs are aten's, as in hf-eager.
+            full = full if self.emulated else with_freezing(full)
+        if wide_prefill is not None:
+            wide_prefill = torch.compile(wide_prefill, fullgraph=True, dynamic=True)
+        self._decode, self._prefill = decode, prefill
+        self._wide_prefill, self._full = wide_prefill, full
 
     def _emulated_low_precision(self) -> bool:
         """bf16/fp16 weights on a CPU whose oneDNN has no native kernels for them."""
@@ -218,7 +245,9 @@ class _StaticKV(TorchDevice, Backend):
             if not sampling.greedy:
                 torch.manual_seed(sampling.seed)
             idx = torch.from_numpy(input_ids).to(self.device)
-            token = self._prefill(self.model, idx, torch.arange(seq, device=self.device), *params)
+            wide = self._wide_prefill is not None and batch * seq >= WIDEN_ROWS
+            prefill = self._wide_prefill if wide else self._prefill
+            token = prefill(self.model, idx, torch.arange(seq, device=self.device), *params)
             pos = torch.tensor([seq], device=self.device)  # advanced in place on the device
         yield token.cpu().numpy()
         # Once these sampling parameters have run a decode step on the current graphs, dynamo's guards
