@@ -308,6 +308,34 @@ def test_more_threads_than_cores_warns_and_still_runs(tmp_path, tiny_model_dir):
         assert next(csv.DictReader(fh))["threads"] == str(threads)
 
 
+def test_bf16_run_warns_where_the_cpu_only_emulates_bf16(tmp_path, tiny_model_dir):
+    import torch
+
+    threads = 2
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    roofs = {"read_bandwidth_gbs": 30.0, "peak_gflops": {"fp32": 100.0, "bf16": None}}
+    (cache / "machine.json").write_text(json.dumps({f"threads{threads}_v4": roofs}))
+    args = ("--model", str(tiny_model_dir), "--gen-len", "2", "--repeats", "1", "--warmup", "0")
+    proc = run_cli(
+        "run",
+        "--backend",
+        "hf-eager",
+        "--dtype",
+        "bf16",
+        "--threads",
+        str(threads),
+        *args,
+        "--output",
+        str(tmp_path / "out"),
+        env={"GPT2BENCH_CACHE": str(cache)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    warned = "warning: this CPU has no bfloat16 instructions" in proc.stderr
+    assert warned == (not torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert ("PyTorch emulates bfloat16 here" in proc.stderr) == warned
+
+
 def test_env_names_the_cpu_and_says_which_arithmetic_has_no_roof(tmp_path):
     from gpt2bench.sysinfo import cpu_label, environment
 

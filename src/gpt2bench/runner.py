@@ -77,6 +77,8 @@ def open_session(spec: RunSpec, warn: Callable[[str], None], check_cell: bool = 
         check_fits(spec, model)
     settings = BackendSettings(spec.device, spec.dtype, spec.threads, spec.options)
     load = timed_load(backend, model, settings)
+    for message in backend.warnings():
+        warn(message)
     return Session(backend, model, load_tokenizer(model), load)
 
 

@@ -87,6 +87,10 @@ class Backend(ABC):
         """Device memory figures in MB, e.g. {'cuda_max_allocated_mb': ...}."""
         return {}
 
+    def warnings(self) -> list[str]:
+        """What a user should know about this load before reading its numbers (one line each)."""
+        return []
+
     def describe(self) -> dict[str, Any]:
         """Facts about the loaded backend worth recording (what was quantized, providers...)."""
         return {}

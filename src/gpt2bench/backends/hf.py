@@ -38,7 +38,8 @@ class HFEager(TorchDevice, Backend):
         if settings.dtype == "fp16" and settings.device == "cpu":
             raise UsageError("fp16 is for --device cuda; on the CPU use fp32 or bf16")
         self.device = torch_device(settings.device, settings.threads)
-        net = GPT2LMHeadModel.from_pretrained(model.path, dtype=torch_dtype(settings.dtype))
+        self.dtype = torch_dtype(settings.dtype)
+        net = GPT2LMHeadModel.from_pretrained(model.path, dtype=self.dtype)
         self.model = self.transform(net.eval().to(self.device))
         self.compiled = bool(settings.options.get("compile", False))
         if self.compiled:

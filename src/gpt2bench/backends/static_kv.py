@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from gpt2bench.backends.base import Backend, BackendSettings, register
-from gpt2bench.backends.torch_common import TorchDevice, torch_device, torch_dtype
+from gpt2bench.backends.torch_common import TorchDevice, emulated_on_cpu, torch_device, torch_dtype
 from gpt2bench.errors import UsageError
 
 if TYPE_CHECKING:
@@ -138,9 +138,10 @@ class _StaticKV(TorchDevice, Backend):
         if settings.dtype == "fp16" and settings.device == "cpu":
             raise UsageError("fp16 is for --device cuda; on the CPU use fp32 or bf16")
         self.device = torch_device(settings.device, settings.threads)
-        self.model = GPT2.from_hf(model.path, torch_dtype(settings.dtype), self.device)
+        self.dtype = torch_dtype(settings.dtype)
+        self.model = GPT2.from_hf(model.path, self.dtype, self.device)
         self.mode = settings.options.get("compile_mode", DEFAULT_MODE[self.device.type]) if self.compiled else None
-        self.emulated = self.device.type == "cpu" and self._emulated_low_precision()
+        self.emulated = emulated_on_cpu(self.dtype, self.device)
         self.wants_graphs = MODE_OPTIONS.get(self.mode or "default", {}).get("triton.cudagraphs", False)
         self.cudagraphs = self.device.type == "cuda" and self.wants_graphs
         self._skips_at_compile = cudagraph_skips()
@@ -196,15 +197,6 @@ class _StaticKV(TorchDevice, Backend):
             wide_prefill = torch.compile(wide_prefill, fullgraph=True, dynamic=True)
         self._decode, self._prefill = decode, prefill
         self._wide_prefill, self._full = wide_prefill, full
-
-    def _emulated_low_precision(self) -> bool:
-        """bf16/fp16 weights on a CPU whose oneDNN has no native kernels for them."""
-        import torch
-
-        dtype = self.model.wte.weight.dtype
-        if dtype == torch.bfloat16:
-            return not torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        return dtype == torch.float16 and not torch.ops.mkldnn._is_mkldnn_fp16_supported()
 
     def _ensure_cache(self, batch: int, length: int, exact: bool = True) -> None:
         """Generation wants the cache sized for its own cell (exact), since attention reads every
@@ -280,6 +272,8 @@ class _StaticKV(TorchDevice, Backend):
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"compile_mode": self.mode or "eager", "cuda_graphs": False}
+        if self.emulated:
+            info["emulated_dtype"] = True  # long prefills widened to fp32 GEMMs (WIDEN_ROWS)
         if self.wants_graphs:
             # What happened, not what was asked: inductor falls back to plain kernels, with only a log
             # line, when a graph cannot be captured (a CPU tensor in the step, a mutated input, ...).
