@@ -278,32 +278,30 @@ def test_make_tiny_rejects_a_recipe_without_steps(tmp_path):
     assert not (tmp_path / "models").exists()
 
 
+def _quick_hf_run(tmp_path, model_dir, threads: int, *extra: str):
+    """A two-token hf-eager run on `model_dir`, with roofs for this thread count cached up front so
+    the test does not spend seconds measuring them."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    roofs = {"read_bandwidth_gbs": 30.0, "peak_gflops": {"fp32": 100.0, "bf16": None}}
+    (cache / "machine.json").write_text(json.dumps({f"threads{threads}_v4": roofs}))
+    args = ("--model", str(model_dir), "--gen-len", "2", "--repeats", "1", "--warmup", "0", *extra)
+    out = tmp_path / "out"
+    proc = run_cli("run", "--backend", "hf-eager", "--threads", str(threads), *args, "--output", str(out),
+                   env={"GPT2BENCH_CACHE": str(cache)})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return proc, out
+
+
 def test_more_threads_than_cores_warns_and_still_runs(tmp_path, tiny_model_dir):
     from gpt2bench.specs import default_threads, oversubscription
 
     cores = default_threads()
     assert oversubscription(cores) is None
     threads = cores + 1
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    # Roofs for this thread count cached up front, so the test does not spend seconds measuring them.
-    roofs = {"read_bandwidth_gbs": 30.0, "peak_gflops": {"fp32": 100.0}}
-    (cache / "machine.json").write_text(json.dumps({f"threads{threads}_v4": roofs}))
-    args = ("--model", str(tiny_model_dir), "--gen-len", "2", "--repeats", "1", "--warmup", "0")
-    proc = run_cli(
-        "run",
-        "--backend",
-        "hf-eager",
-        "--threads",
-        str(threads),
-        *args,
-        "--output",
-        str(tmp_path / "out"),
-        env={"GPT2BENCH_CACHE": str(cache)},
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc, out = _quick_hf_run(tmp_path, tiny_model_dir, threads)
     assert f"warning: {threads} threads on the {cores} cores this process may use" in proc.stderr
-    (run_dir,) = (tmp_path / "out").iterdir()
+    (run_dir,) = out.iterdir()
     with (run_dir / "results.csv").open() as fh:
         assert next(csv.DictReader(fh))["threads"] == str(threads)
 
@@ -311,26 +309,7 @@ def test_more_threads_than_cores_warns_and_still_runs(tmp_path, tiny_model_dir):
 def test_bf16_run_warns_where_the_cpu_only_emulates_bf16(tmp_path, tiny_model_dir):
     import torch
 
-    threads = 2
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    roofs = {"read_bandwidth_gbs": 30.0, "peak_gflops": {"fp32": 100.0, "bf16": None}}
-    (cache / "machine.json").write_text(json.dumps({f"threads{threads}_v4": roofs}))
-    args = ("--model", str(tiny_model_dir), "--gen-len", "2", "--repeats", "1", "--warmup", "0")
-    proc = run_cli(
-        "run",
-        "--backend",
-        "hf-eager",
-        "--dtype",
-        "bf16",
-        "--threads",
-        str(threads),
-        *args,
-        "--output",
-        str(tmp_path / "out"),
-        env={"GPT2BENCH_CACHE": str(cache)},
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc, _ = _quick_hf_run(tmp_path, tiny_model_dir, 2, "--dtype", "bf16")
     warned = "warning: this CPU has no bfloat16 instructions" in proc.stderr
     assert warned == (not torch.ops.mkldnn._is_mkldnn_bf16_supported())
     assert ("PyTorch emulates bfloat16 here" in proc.stderr) == warned
