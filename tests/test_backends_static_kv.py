@@ -91,7 +91,8 @@ def test_widened_linear_is_the_bf16_product_computed_in_fp32():
     assert wide.dtype == torch.bfloat16 and wide.shape == (3, 5, 32)
     # aten's bf16 GEMM also accumulates in fp32: the two differ by the output's bf16 rounding at most
     torch.testing.assert_close(wide, F.linear(x.bfloat16(), w.bfloat16(), b.bfloat16()), atol=2e-2, rtol=2**-7)
-    torch.testing.assert_close(wide.float(), F.linear(x, w, b), atol=0.3, rtol=0.05)  # far from fp32 inputs' result
+    # ... and near the fp32 product, off by the rounding of its inputs to bf16
+    torch.testing.assert_close(wide.float(), F.linear(x, w, b), atol=0.3, rtol=0.05)
     assert torch.equal(linear(x, w, b, widen=True), F.linear(x, w, b))  # fp32 weights: nothing to widen
 
 

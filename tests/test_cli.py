@@ -309,10 +309,13 @@ def test_more_threads_than_cores_warns_and_still_runs(tmp_path, tiny_model_dir):
 def test_bf16_run_warns_where_the_cpu_only_emulates_bf16(tmp_path, tiny_model_dir):
     import torch
 
-    proc, _ = _quick_hf_run(tmp_path, tiny_model_dir, 2, "--dtype", "bf16")
+    proc, out = _quick_hf_run(tmp_path, tiny_model_dir, 2, "--dtype", "bf16")
     warned = "warning: this CPU has no bfloat16 instructions" in proc.stderr
     assert warned == (not torch.ops.mkldnn._is_mkldnn_bf16_supported())
     assert ("PyTorch emulates bfloat16 here" in proc.stderr) == warned
+    (run_dir,) = out.iterdir()
+    (recorded,) = json.loads((run_dir / "results.json").read_text())["samples"][0]["warnings"] or [""]
+    assert recorded.startswith("this CPU has no bfloat16 instructions") == warned  # kept with the result
 
 
 def test_env_names_the_cpu_and_says_which_arithmetic_has_no_roof(tmp_path):

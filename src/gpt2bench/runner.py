@@ -163,6 +163,7 @@ def measure_cell(
         "generated_ids": [g.tokens.tolist() for g in m.generations[:1]],
         "sample_text": sample_text,
         "backend_details": details,
+        "warnings": backend.warnings(),  # as printed at load: e.g. an arithmetic this CPU only emulates
         "spec": {**spec.as_record(), "quality": spec.quality.record() if spec.quality else None},
         "contention_wall_s": m.contention.wall_s,
         "bandwidth_gbs": m.bandwidth_gbs,  # probes around the timed runs, when asked for

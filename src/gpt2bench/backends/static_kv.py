@@ -33,7 +33,7 @@ CACHE_ROUND = 64  # cache length rounded up, so nearby cells share a compiled gr
 # Where bf16/fp16 is emulated, calls with at least this many rows (batch x tokens) run their GEMMs
 # in fp32 from widened weights. Measured on a Zen 3, 124M bf16: widening costs ~40 ms a call and
 # the templated bf16 GEMMs ~4 ms a row, so below ~10-16 rows the template wins (prompt 8: 37 ms
-# against ~80), above it widening does (prompt 50: 215 -> 130 ms; prompt 900: 3.6 -> 1.3 s).
+# against ~80), above it widening does (prompt 50: 215 -> ~140 ms; prompt 900: 3.6 -> 1.4 s).
 WIDEN_ROWS = 16
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEFAULT_MODE = {"cpu": "max-autotune-no-cudagraphs", "cuda": "reduce-overhead"}
@@ -155,10 +155,10 @@ class _StaticKV(TorchDevice, Backend):
         self._warm: set[tuple[float, int, float]] = set()  # sampling parameters decoded on these graphs
         # Where bf16/fp16 is emulated, long calls run their GEMMs in fp32 (gpt2.linear, WIDEN_ROWS).
         wide_prefill = wide_prefill_step if self.emulated else None
-        logits = wide_full_logits if self.emulated else full_logits
+        logits_step = wide_full_logits if self.emulated else full_logits
         if self.mode is None:
             self._decode, self._prefill = decode_step, prefill_step
-            self._wide_prefill, self._full = wide_prefill, logits
+            self._wide_prefill, self._full = wide_prefill, logits_step
             return
         torch._dynamo.reset()  # new cache buffers: start from clean graphs rather than pile up guards
         self._skips_at_compile = cudagraph_skips()
@@ -186,7 +186,7 @@ class _StaticKV(TorchDevice, Backend):
         # Prefill and full logits see a new length per cell: dynamic shapes, default mode unless
         # said above (CUDA graphs of every prompt length would cost memory for one call each).
         prefill = torch.compile(prefill_step, options=short_options, fullgraph=True, dynamic=True)
-        full = torch.compile(logits, fullgraph=True, dynamic=True)
+        full = torch.compile(logits_step, fullgraph=True, dynamic=True)
         if self.device.type == "cpu":
             decode, prefill = with_freezing(decode), with_freezing(prefill)
             # Frozen, the widened graphs would fold fp32 copies of the weights into constants:
@@ -272,8 +272,6 @@ class _StaticKV(TorchDevice, Backend):
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"compile_mode": self.mode or "eager", "cuda_graphs": False}
-        if self.emulated:
-            info["emulated_dtype"] = True  # long prefills widened to fp32 GEMMs (WIDEN_ROWS)
         if self.wants_graphs:
             # What happened, not what was asked: inductor falls back to plain kernels, with only a log
             # line, when a graph cannot be captured (a CPU tensor in the step, a mutated input, ...).
