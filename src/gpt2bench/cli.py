@@ -131,7 +131,7 @@ def run(
         cell = run_cell(spec, run_id, _warn, on_step)
     store = ResultsStore(output / run_id, cell.environment, meta={"run_id": run_id, "model": cell.model.as_record()})
     store.add(cell.row, cell.samples)
-    print_summary(console, cell.row, cell.sample_text, cell.details, str(store.folder))
+    print_summary(console, cell.row, cell.sample_text, cell.details, str(store.folder), cell.samples["warnings"])
 
 
 @app.command()

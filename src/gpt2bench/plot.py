@@ -38,6 +38,21 @@ def ok_rows(doc: dict[str, Any]) -> list[Row]:
     return [r for r in doc["rows"] if r.get("status") == "ok"]
 
 
+def run_warnings(doc: dict[str, Any]) -> dict[str, list[str]]:
+    """label -> the distinct warnings its backend printed at load (e.g. an arithmetic this CPU only
+    emulates), from the samples stored beside each successful row."""
+    samples = doc.get("samples") or []
+    found: dict[str, list[str]] = {}
+    for row, sample in zip(doc["rows"], samples, strict=False):
+        if row.get("status") != "ok":
+            continue
+        for message in (sample or {}).get("warnings") or []:
+            mine = found.setdefault(row["label"], [])
+            if message not in mine:
+                mine.append(message)
+    return found
+
+
 def labels(rows: list[Row]) -> list[str]:
     return list(dict.fromkeys(r["label"] for r in rows))
 
@@ -69,6 +84,20 @@ def _caption(fig: Figure, doc: dict[str, Any], rows: list[Row]) -> None:
         f"gpt2bench {env.get('gpt2bench_version', '?')} {commit}"
     )
     fig.text(0.01, 0.005, text, fontsize=7, color="0.35", ha="left", va="bottom")
+    shown = {r["label"] for r in rows}
+    warned = sorted(label for label in run_warnings(doc) if label in shown)
+    if warned:
+        # The full text is in summary.md; a figure passed around alone must still carry the doubt.
+        fig.text(
+            0.99,
+            0.035,
+            f"warning for {', '.join(warned)}: see summary.md",
+            fontsize=7,
+            color="firebrick",
+            ha="right",
+            va="bottom",
+            weight="bold",
+        )
     if any(r.get("weights") == "random" for r in rows):
         fig.text(
             0.01,
@@ -243,6 +272,13 @@ def summary_markdown(doc: dict[str, Any], rows: list[Row], figures: list[str]) -
         f"{cpu_label(env)}; {rows[0].get('threads')} threads; gpt2bench "
         f"{env.get('gpt2bench_version', '?')} at {(env.get('git') or {}).get('commit')}.",
         "",
+    ]
+    warned = run_warnings(doc)
+    if warned:
+        lines += ["## Warnings", ""]
+        lines += [f"- **{label}**: {message}" for label, messages in warned.items() for message in messages]
+        lines.append("")
+    lines += [
         f"## Headline cell: prompt {cell[0]}, generate {cell[1]}, batch {cell[2]}",
         "",
         "Medians over repetitions; e2e as mean ± half-width of the 95% CI (Student t).",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from gpt2bench.metrics import PER_RUN_METRICS
 from gpt2bench.results import COLUMNS
@@ -58,7 +60,12 @@ def roofline_line(row: dict[str, Any]) -> str | None:
 
 
 def print_summary(
-    console: Console, row: dict[str, Any], sample_text: str, details: dict[str, Any], out_folder: str
+    console: Console,
+    row: dict[str, Any],
+    sample_text: str,
+    details: dict[str, Any],
+    out_folder: str,
+    warnings: Sequence[str] = (),
 ) -> None:
     header = (
         f"[bold]{row['backend']}[/]  model={row['model']} ({row['weights']}, sha256:{row['model_hash']})  "
@@ -126,6 +133,8 @@ def print_summary(
             f"max |dlogit| {row['agree_max_abs_logit']:.2e}  ({_fmt(row['quality_s'])} s)"
         )
     console.print(f"sample (first sequence, decoded after timing): {sample_text[:200]!r}", markup=False)
+    for message in warnings:  # printed at load too, but long scrolled away by now
+        console.print(Text(f"warning: {message}", style="yellow"))
     if row["weights"] == "random":
         console.print(Panel(f"[bold red]{RANDOM_WARNING}[/]", border_style="red"))
     console.print(f"results: {out_folder}")

@@ -43,6 +43,17 @@ def emulated_on_cpu(dtype: torch.dtype, device: torch.device) -> bool:
     return dtype == torch.float16 and not torch.ops.mkldnn._is_mkldnn_fp16_supported()
 
 
+def emulation_warnings(dtype: torch.dtype, device: torch.device, engine: str = "PyTorch") -> list[str]:
+    """The one-line warning a backend prints at load when `engine` runs `dtype` in software here."""
+    if not emulated_on_cpu(dtype, device):
+        return []
+    name = str(dtype).removeprefix("torch.")
+    return [
+        f"this CPU has no {name} instructions (no native {name} kernels in oneDNN): {engine} emulates "
+        f"{name} here, so these timings measure the emulation, not {name} arithmetic"
+    ]
+
+
 def make_generator(sampling: Sampling, device: torch.device) -> torch.Generator | None:
     """A seeded generator per generation, so a sampled run is reproducible repetition after repetition."""
     import torch
@@ -94,13 +105,7 @@ class TorchDevice:
     dtype: torch.dtype
 
     def warnings(self) -> list[str]:
-        if not emulated_on_cpu(self.dtype, self.device):
-            return []
-        name = str(self.dtype).removeprefix("torch.")
-        return [
-            f"this CPU has no {name} instructions (no native {name} kernels in oneDNN): PyTorch emulates "
-            f"{name} here, so these timings measure the emulation, not {name} arithmetic"
-        ]
+        return emulation_warnings(self.dtype, self.device)
 
     def trace(self, run: Callable[[], None], out_dir: Path) -> Path | None:
         return torch_trace(run, out_dir, self.device.type == "cuda")

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gpt2bench.backends.base import Backend, BackendSettings, register
+from gpt2bench.backends.torch_common import emulation_warnings, torch_dtype
 from gpt2bench.errors import BenchError, UsageError
 from gpt2bench.paths import cache_dir
 
@@ -113,7 +114,13 @@ class VLLMBackend(Backend):
             )
         self.vocab = int(model.config()["vocab_size"])
         self._ids = count()
+        self.dtype, self.device = torch_dtype(settings.dtype), torch.device(settings.device)
         return {}
+
+    def warnings(self) -> list[str]:
+        # Measured on an AVX2-only Zen 3 (random 124M, prompt 50): bf16 TTFT 461 ms against fp32's
+        # 100 ms, while bf16 decode was faster (TPOT 21.5 ms against 28.0 ms).
+        return emulation_warnings(self.dtype, self.device, engine="vLLM")
 
     def _params(self, **kwargs: Any) -> Any:
         from vllm import SamplingParams
