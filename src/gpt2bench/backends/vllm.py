@@ -20,8 +20,10 @@ CPU) is the load time.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from itertools import count
 from typing import TYPE_CHECKING, Any
@@ -61,6 +63,17 @@ def configure_environment(settings: BackendSettings) -> None:
         torch.set_num_threads(settings.threads)
 
 
+def start_engine(**engine_args: Any) -> Any:
+    """vLLM's `LLM`, without the noise it prints that says nothing about this run: its own
+    deprecation warnings and torch's "Triton not available" (expected on a CPU)."""
+    logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        from vllm import LLM
+
+        return LLM(**engine_args)
+
+
 @register(
     "vllm",
     imports=("vllm",),
@@ -87,10 +100,8 @@ class VLLMBackend(Backend):
 
             if not torch.cuda.is_available():
                 raise BenchError("--device cuda was asked for, but torch sees no CUDA device")
-        from vllm import LLM
-
         self.n_positions = int(model.config().get("n_positions", 1024))
-        self.llm = LLM(
+        self.llm = start_engine(
             model=str(model.path),
             tokenizer=str(model.path),
             dtype=VLLM_DTYPES[settings.dtype],
@@ -102,6 +113,7 @@ class VLLMBackend(Backend):
             enforce_eager=bool(settings.options.get("enforce_eager", False)),
             disable_log_stats=False,
             max_logprobs=-1,
+            use_tqdm_on_load=False,
         )
         self.engine = self.llm.llm_engine
         import torch
