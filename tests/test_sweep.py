@@ -143,6 +143,30 @@ def test_quick_sweep_writes_every_cell_and_a_failing_backend_stays_contained(tmp
         assert len(fh.readlines()) == 7
 
 
+def test_load_warnings_from_the_workers_reach_the_user_once(tmp_path, tiny_model_dir):
+    import torch
+
+    from gpt2bench.specs import default_threads
+
+    out = tmp_path / "out"
+    threads = default_threads() + 1
+    config = _write(
+        tmp_path,
+        BASE.format(out=out, model=tiny_model_dir)
+        + f"threads: {threads}\nbackends:\n"
+        + "  - {name: hf-eager, dtype: bf16}\n  - {name: static-kv-eager, dtype: bf16}\n",
+    )
+    proc = run_cli("sweep", str(config))
+    assert proc.returncode == 0, proc.stderr
+    # Said by the parent and by each worker, shown once.
+    assert proc.stderr.count(f"warning: {threads} threads on the") == 1
+    # Said by both backends' workers, recorded with every row, shown once.
+    emulated = not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert proc.stderr.count("warning: this CPU has no bfloat16 instructions") == int(emulated)
+    samples = json.loads((out / "results.json").read_text())["samples"]
+    assert [bool(s["warnings"]) for s in samples] == [emulated] * 4
+
+
 def test_killed_sweep_resumes_with_every_cell_exactly_once(tmp_path, tiny_model_dir):
     out = tmp_path / "out"
     config = _write(

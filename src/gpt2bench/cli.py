@@ -177,8 +177,15 @@ def sweep(
         spec = dataclasses.replace(spec, quality=dataclasses.replace(spec.quality, enabled=quality))
     prepare_output(spec.output)
     threads = spec.threads or default_threads()
+    warned: set[str] = set()
+
+    def warn_once(message: str) -> None:  # every backend's worker says the same about this machine
+        if message not in warned:
+            warned.add(message)
+            _warn(message)
+
     if crowded := oversubscription(threads):
-        _warn(crowded)
+        warn_once(crowded)
     run_id = new_run_id("sweep")
     meta = {
         "run_id": run_id,
@@ -208,7 +215,7 @@ def sweep(
         def on_cell(label: str) -> None:
             progress.update(task, advance=1, description=f"sweep ({label} done a cell)")
 
-        (run_interleaved if spec.interleave else run_sequential)(spec, store, run_id, threads, on_cell)
+        (run_interleaved if spec.interleave else run_sequential)(spec, store, run_id, threads, on_cell, warn_once)
     failed = [r for r in store.rows if r.get("status") != "ok"]
     console.print(f"{len(store.rows) - len(failed)} cells ok, {len(failed)} failed; results in {spec.output}")
     for row in failed:

@@ -26,6 +26,7 @@ from gpt2bench.sweep_spec import BackendConfig, Cell, SweepSpec, cell_key, to_qu
 from gpt2bench.sysinfo import CpuContention
 
 Progress = Callable[[str], None]
+Warn = Callable[[str], None]
 
 
 class WorkerGone(Exception):
@@ -215,13 +216,24 @@ def _command(spec: SweepSpec, backend: BackendConfig, cell: Cell, warmup: int, r
     }
 
 
-def run_sequential(spec: SweepSpec, store: ResultsStore, run_id: str, threads: int, on_cell: Progress) -> None:
+def _announce(hello: dict[str, Any], warn: Warn) -> None:
+    """A worker's load warnings (model fallback, emulated arithmetic, oversubscribed threads); its
+    stderr is only shown when it dies. `warn` is expected to drop repeats: every worker of a sweep
+    resolves the same model on the same machine."""
+    for message in hello.get("warnings", []):
+        warn(message)
+
+
+def run_sequential(
+    spec: SweepSpec, store: ResultsStore, run_id: str, threads: int, on_cell: Progress, warn: Warn
+) -> None:
     for backend, cells in plan(spec, store):
         remaining = list(cells)
         while remaining:
             worker = Worker(spec, backend, run_id, threads)
             try:
                 hello = worker.receive(spec.cell_timeout_s)
+                _announce(hello, warn)
                 if hello["event"] == "load_failed":
                     for cell in remaining:
                         store.add(failed_row(spec, backend, cell, run_id, f"load failed: {hello['error']}"), {})
@@ -248,7 +260,9 @@ def run_sequential(spec: SweepSpec, store: ResultsStore, run_id: str, threads: i
                 worker.close()
 
 
-def run_interleaved(spec: SweepSpec, store: ResultsStore, run_id: str, threads: int, on_cell: Progress) -> None:
+def run_interleaved(
+    spec: SweepSpec, store: ResultsStore, run_id: str, threads: int, on_cell: Progress, warn: Warn
+) -> None:
     """All backends' workers stay up; each cell's repetitions alternate between backends, one at a
     time, so slow drift of the machine spreads over every backend instead of hitting one."""
     todo = plan(spec, store)
@@ -257,6 +271,7 @@ def run_interleaved(spec: SweepSpec, store: ResultsStore, run_id: str, threads: 
         for backend, _ in todo:
             worker = Worker(spec, backend, run_id, threads)
             hello = worker.receive(spec.cell_timeout_s)
+            _announce(hello, warn)
             if hello["event"] == "ready":
                 workers[backend.display()] = worker
             else:

@@ -1,7 +1,8 @@
 """A sweep worker: one backend, loaded once, measuring the cells its parent sends.
 
 Protocol, one JSON object per line. The parent writes the job to stdin first
-({"spec": RunSpec fields, "run_id": ...}), then one command per cell
+({"spec": RunSpec fields, "run_id": ...}) and the worker answers {"event": "ready", "warnings": [...]}
+once the backend is loaded (or {"event": "load_failed", ...}); then one command per cell
 ({"cell": {...}, "warmup": w, "repeats": k, "quality": bool, "label": ..., "cell_key": ...}); the
 worker answers each with {"event": "row", ...} or {"event": "failed", "error": ...} on its real
 stdout. Anything libraries print goes to stderr, so it cannot corrupt the protocol. A line that
@@ -40,12 +41,13 @@ def main() -> int:
     quality = raw.pop("quality")
     base = RunSpec(**{**raw, "sampling": Sampling(**raw["sampling"])})
     quality_settings = QualitySettings(**{**quality, "text": Path(quality["text"])}) if quality else None
+    warnings: list[str] = []  # our stderr is only shown when the worker dies: the parent prints these
     try:
-        session = open_session(base, lambda msg: print(f"warning: {msg}", file=sys.stderr), check_cell=False)
+        session = open_session(base, warnings.append, check_cell=False)
     except Exception as exc:  # reported for every cell by the parent
         send({"event": "load_failed", "error": _one_line(exc)})
         return 1
-    send({"event": "ready"})
+    send({"event": "ready", "warnings": warnings})
     for line in sys.stdin:
         command = json.loads(line)
         spec = replace(
