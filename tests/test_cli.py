@@ -284,7 +284,7 @@ def _quick_run(tmp_path, model_dir, threads: int, *extra: str, backend: str = "h
     cache = tmp_path / "cache"
     cache.mkdir()
     roofs = {"read_bandwidth_gbs": 30.0, "peak_gflops": {"fp32": 100.0, "bf16": None}}
-    (cache / "machine.json").write_text(json.dumps({f"threads{threads}_v4": roofs}))
+    (cache / "machine.json").write_text(json.dumps({f"threads{threads}_v5": roofs}))
     args = ("--model", str(model_dir), "--gen-len", "2", "--repeats", "1", "--warmup", "0", *extra)
     out = tmp_path / "out"
     proc = run_cli("run", "--backend", backend, "--threads", str(threads), *args, "--output", str(out),
@@ -332,7 +332,7 @@ def test_env_names_the_cpu_and_says_which_arithmetic_has_no_roof(tmp_path):
         "peak_gflops": {"fp32": 170.0, "bf16": None, "int8": None},
         "matmul_gflops": {"fp32": 170.0, "bf16": 1.4, "int8": None},
     }
-    (cache / "machine.json").write_text(json.dumps({"threads1_v4": roofs}))
+    (cache / "machine.json").write_text(json.dumps({"threads1_v5": roofs}))
     proc = run_cli("env", "--threads", "1", env={"GPT2BENCH_CACHE": str(cache)})
     assert proc.returncode == 0, proc.stderr
     lines = {}

@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 
@@ -75,6 +76,32 @@ def test_real_microbenchmarks_return_positive_numbers():
     assert roofline.measure_peak_gflops(1, "bf16", size=256, repeats=2) > 0
     int8 = roofline.measure_peak_gflops(1, "int8", size=256, repeats=2)
     assert int8 is None or int8 > 0
+
+
+def test_int8_has_a_roof_wherever_torch_has_a_quantized_engine():
+    # torch._int_mm alone is a fallback loop on an AVX2-only CPU; fbgemm's int8 GEMM is not.
+    import torch
+
+    if not set(torch.backends.quantized.supported_engines) & {"fbgemm", "x86"}:
+        pytest.skip("this torch build has no x86 quantized engine")
+    fp32 = roofline.measure_peak_gflops(2, "fp32", size=512, repeats=3)
+    int8 = roofline.measure_peak_gflops(2, "int8", size=512, repeats=3)
+    assert int8 is not None and roofline.native_roofs({"fp32": fp32, "int8": int8})["int8"] == int8
+
+
+def test_a_kernel_far_slower_than_its_sibling_is_screened_out_before_the_long_timing(monkeypatch):
+    calls = []
+
+    def kernels(dtype, size):
+        def kernel(name, seconds):
+            return lambda: calls.append((name, size)) or time.sleep(seconds)
+
+        # "loop" is 100x slower than "gemm" at the screening size: never timed at full size.
+        return [kernel("loop", 0.01 if size == 256 else 10.0), kernel("gemm", 0.0001)]
+
+    monkeypatch.setattr(roofline, "_matmul_kernels", kernels)
+    assert roofline.measure_peak_gflops(1, "int8", size=2048, repeats=2) > 0
+    assert ("loop", 2048) not in calls and ("gemm", 2048) in calls and ("loop", 256) in calls
 
 
 def test_a_matmul_slower_than_fp32_is_a_fallback_loop_not_a_roof():
