@@ -168,6 +168,8 @@ def test_summary_names_the_roof_and_says_when_there_is_none():
     gpu = roofline_line({**row, "read_bandwidth_gbs": None, "decode_bw_frac": None, "bandwidth_source": None})
     assert "no read bandwidth measured" in gpu and "0%" not in gpu.split("prefill")[0]
     assert roofline_line({"decode_gbs": None}) is None
+    int8 = roofline_line({**row, "dtype": "fp32", "compute_dtype": "int8", "peak_gflops": 325.0})
+    assert "prefill 312.0 GOP/s (78% of the 325 GOP/s int8 matmul roof)" in int8
 
 
 def test_probed_fraction_pairs_each_run_with_the_probes_around_it():

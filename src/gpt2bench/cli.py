@@ -286,7 +286,7 @@ def env(
     """Machine report (CPU, cores, memory, GPU, library versions) and its measured roofs."""
     import torch  # the report includes torch's view of the machine, and the roofs need it
 
-    from gpt2bench.roofline import machine_roofs
+    from gpt2bench.roofline import machine_roofs, rate_unit
     from gpt2bench.specs import default_threads
     from gpt2bench.sysinfo import cpu_label, environment
 
@@ -306,9 +306,12 @@ def env(
     for dtype, peak in roofs["peak_gflops"].items():
         measured = roofs.get("matmul_gflops", {}).get(dtype)
         if peak:
-            shown = f"{peak:.1f} GFLOP/s (2048x2048 matmul; cached)"
+            shown = f"{peak:.1f} {rate_unit(dtype)} (2048x2048 matmul; cached)"
         elif measured:
-            shown = f"none: no native {dtype} matmul here (torch's fallback loop: {measured:.1f} GFLOP/s at 256x256)"
+            shown = (
+                f"none: no native {dtype} matmul here (torch's fallback loop: {measured:.1f} {rate_unit(dtype)} "
+                "at 256x256)"
+            )
         else:
             shown = "not available"
         print(f"peak {dtype:<7} {shown}")

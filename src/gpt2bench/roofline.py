@@ -37,6 +37,11 @@ BACKEND_COMPUTE_DTYPE = {"hf-fp16-dynq": "fp32", "hf-int8-dynq": "int8", "onnx-i
 PEAK_DTYPES = ("fp32", "bf16", "int8")
 
 
+def rate_unit(arithmetic: str | None) -> str:
+    """int8 matmuls count integer operations, not floating-point ones (the columns keep one name)."""
+    return "GOP/s" if arithmetic == "int8" else "GFLOP/s"
+
+
 def compute_dtype(backend: str, dtype: str) -> str:
     return BACKEND_COMPUTE_DTYPE.get(backend, dtype)
 

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from gpt2bench.metrics import PER_RUN_METRICS
 from gpt2bench.results import COLUMNS
+from gpt2bench.roofline import rate_unit
 
 LABELS = {
     "ttft_ms": "TTFT ms",
@@ -43,8 +44,9 @@ def roofline_line(row: dict[str, Any]) -> str | None:
     frac = row.get("decode_bw_frac")
     peak = row.get("prefill_peak_frac")
     arithmetic = row.get("compute_dtype") or row.get("dtype")
+    unit = rate_unit(arithmetic)
     roof = (
-        f"{peak * 100:.0f}% of the {row['peak_gflops']:.0f} GFLOP/s {arithmetic} matmul roof"
+        f"{peak * 100:.0f}% of the {row['peak_gflops']:.0f} {unit} {arithmetic} matmul roof"
         if peak is not None
         else f"no {arithmetic} matmul roof measured"
     )
@@ -55,7 +57,7 @@ def roofline_line(row: dict[str, Any]) -> str | None:
     )
     return (
         f"roofline: decode reads {row['weight_bytes_per_token'] / 1e6:.0f} MB of weights per step, "
-        f"{row['decode_gbs']:.1f} GB/s ({memory}); prefill {row['prefill_gflops']:.1f} GFLOP/s ({roof})"
+        f"{row['decode_gbs']:.1f} GB/s ({memory}); prefill {row['prefill_gflops']:.1f} {unit} ({roof})"
     )
 
 
