@@ -31,3 +31,30 @@ def test_environment_records_this_cpu():
     env = sysinfo.environment()
     assert env["cpu"]["isa"] == sysinfo.cpu_id()["isa"]
     assert sysinfo.cpu_label(env).startswith(env["cpu_model"])
+
+
+def test_git_commit_never_writes_the_repository_it_reads(tmp_path):
+    import os
+    import subprocess
+
+    def git(*args):
+        env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+               "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+        return subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True, env=env)
+
+    git("init", "-q")
+    tracked = tmp_path / "tracked.txt"
+    tracked.write_text("a\n")
+    git("add", "tracked.txt")
+    git("commit", "-q", "-m", "one")
+    # Same content, newer timestamp: a plain `git status` would refresh the index and rewrite it
+    # (taking .git/index.lock), which a benchmark killed at that moment left behind.
+    stamp = tracked.stat().st_mtime + 10
+    os.utime(tracked, (stamp, stamp))
+    index = tmp_path / ".git" / "index"
+    before = index.stat().st_mtime_ns
+    head = git("rev-parse", "HEAD").stdout.decode().strip()
+    assert sysinfo.git_commit(tmp_path) == {"commit": head, "dirty": False}
+    assert index.stat().st_mtime_ns == before
+    tracked.write_text("b\n")
+    assert sysinfo.git_commit(tmp_path)["dirty"] is True

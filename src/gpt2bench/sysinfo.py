@@ -99,15 +99,19 @@ def memory_total_gb() -> float | None:
     return None
 
 
-def git_commit() -> dict[str, Any]:
+def git_commit(root: Path | None = None) -> dict[str, Any]:
     """The commit of the gpt2bench source tree in use (an editable install), and whether it was dirty."""
-    root = Path(gpt2bench.__file__).resolve().parents[2]
+    root = root or Path(gpt2bench.__file__).resolve().parents[2]
+    # --no-optional-locks: a plain `git status` rewrites the index under .git/index.lock. Every
+    # result (and every sweep worker) asks, so a benchmark killed at that moment left a stale lock
+    # that broke the user's next commit, and one running beside the user's own git could collide.
+    git = ["git", "--no-optional-locks", "-C", str(root)]
     try:
         commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+            [*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            [*git, "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
             text=True,
             timeout=5,
