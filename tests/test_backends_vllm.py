@@ -76,3 +76,13 @@ def test_sampling_is_seeded(engine, tokenizer):
     a = np.stack(list(engine.generate(prompts, 10, Sampling(temperature=1.0, seed=3))), axis=1)
     b = np.stack(list(engine.generate(prompts, 10, Sampling(temperature=1.0, seed=3))), axis=1)
     np.testing.assert_array_equal(a, b)
+
+
+def test_quality_through_log_probs_matches_the_reference(engine, tiny_model, tokenizer):
+    # vLLM returns log-probs, hf-eager raw logits: agreement must compare distributions, not offsets.
+    from gpt2bench.quality import QualitySettings, evaluate
+
+    settings = QualitySettings(max_windows=1, agreement_prompts=1, agreement_prompt_len=8, agreement_gen_len=4)
+    agreement = evaluate(engine, tiny_model, tokenizer, settings).agreement
+    assert agreement.greedy_match == 1.0 and agreement.kl_mean < 1e-8
+    assert agreement.max_abs_logprob_diff < 1e-3

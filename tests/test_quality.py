@@ -69,7 +69,7 @@ def test_agreement_on_hand_made_outputs():
     ref_tokens = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
     ref_logits = np.log(np.array([[[0.5, 0.5]] * 4] * 2))
     same = agreement(ref_tokens, ref_logits, ref_tokens.copy(), ref_logits.copy())
-    assert (same.greedy_match, same.first_divergence, same.kl_mean, same.max_abs_logit_diff) == (1, 4, 0, 0)
+    assert (same.greedy_match, same.first_divergence, same.kl_mean, same.max_abs_logprob_diff) == (1, 4, 0, 0)
     tokens = ref_tokens.copy()
     tokens[0, 2:] = 0  # diverges at position 2 in the first prompt
     logits = ref_logits.copy()
@@ -78,7 +78,12 @@ def test_agreement_on_hand_made_outputs():
     assert a.greedy_match == pytest.approx(6 / 8) and a.first_divergence == pytest.approx((2 + 4) / 2)
     kl = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
     assert a.kl_mean == pytest.approx(kl / 8)
-    assert a.max_abs_logit_diff == pytest.approx(abs(math.log(0.25) - math.log(0.5)))
+    assert a.max_abs_logprob_diff == pytest.approx(abs(math.log(0.25) - math.log(0.5)))
+    # Logits shifted by a constant per position (vLLM's log-probs against raw logits): the same answer.
+    shifted = agreement(ref_tokens, ref_logits, tokens, logits + np.arange(8.0).reshape(2, 4, 1) * 7)
+    assert shifted.kl_mean == pytest.approx(a.kl_mean) and shifted.max_abs_logprob_diff == pytest.approx(
+        a.max_abs_logprob_diff
+    )
 
 
 # ---- real backends on a model that has learned something ---------------------------------------
@@ -131,6 +136,7 @@ def test_fp32_backends_match_reference_perplexity(trained_model, tokenizer, hf_q
     result = evaluate(load_backend(name, trained_model, options=options), trained_model, tokenizer, SETTINGS)
     assert result.perplexity.ppl == pytest.approx(hf_quality.perplexity.ppl, rel=1e-3)
     assert result.agreement.greedy_match == 1.0 and result.agreement.kl_mean < 1e-8
+    assert result.agreement.max_abs_logprob_diff < 1e-3
 
 
 @pytest.mark.parametrize(("name", "ppl_rel"), [("hf-fp16-dynq", 0.01), ("hf-int8-dynq", None), ("onnx-int8", None)])

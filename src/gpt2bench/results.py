@@ -75,7 +75,7 @@ QUALITY_COLUMNS = [
     "agree_greedy",
     "agree_first_divergence",
     "agree_kl_mean",
-    "agree_max_abs_logit",
+    "agree_max_abs_logprob",
     "quality_s",
 ]
 # See roofline.py: weight bytes read per decoded token, achieved GB/s, share of the measured read

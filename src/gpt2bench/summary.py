@@ -132,7 +132,7 @@ def print_summary(
             f"{row['ppl_tokens']} tokens ({row['ppl_windows']} windows of {row['ppl_window']}, stride "
             f"{row['ppl_stride']}); vs hf-eager fp32: greedy tokens {row['agree_greedy']:.1%} identical, first "
             f"divergence at {_fmt(row['agree_first_divergence'], 1)}, mean KL {row['agree_kl_mean']:.2e}, "
-            f"max |dlogit| {row['agree_max_abs_logit']:.2e}  ({_fmt(row['quality_s'])} s)"
+            f"max |dlogprob| {row['agree_max_abs_logprob']:.2e}  ({_fmt(row['quality_s'])} s)"
         )
     console.print(f"sample (first sequence, decoded after timing): {sample_text[:200]!r}", markup=False)
     for message in warnings:  # printed at load too, but long scrolled away by now
