@@ -9,7 +9,8 @@ from gpt2bench.coldstart import PARTS, measure
 
 
 def test_cold_start_parts_add_up_and_fit_inside_the_process_lifetime(tiny_model_dir):
-    result = measure("hf-eager", str(tiny_model_dir), "cpu", "fp32", 1, 4)
+    result, model = measure("hf-eager", str(tiny_model_dir), "cpu", "fp32", 1, 4)
+    assert model["path"] == str(tiny_model_dir) and model["fallback_reason"] is None
     values = [getattr(result, part) for part in PARTS]
     assert all(v > 0 for v in values), values
     assert result.total_s == pytest.approx(sum(values))
@@ -17,10 +18,29 @@ def test_cold_start_parts_add_up_and_fit_inside_the_process_lifetime(tiny_model_
     assert result.imports_s > result.interpreter_s  # importing torch + transformers is not free
 
 
-def test_coldstart_command(tiny_model_dir):
-    proc = run_cli("coldstart", "--backend", "static-kv-eager", "--model", str(tiny_model_dir), "--repeats", "1")
+def test_coldstart_command_prints_and_records_every_process(tmp_path, tiny_model_dir):
+    proc = run_cli("coldstart", "--backend", "static-kv-eager", "--model", str(tiny_model_dir), "--repeats", "2",
+                   "--output", str(tmp_path))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert all(part in proc.stdout for part in (*PARTS, "total_s"))
+    (folder,) = tmp_path.iterdir()
+    doc = json.loads((folder / "coldstart.json").read_text())
+    assert str(folder / "coldstart.json") in proc.stdout
+    assert len(doc["per_process"]) == 2 and doc["spec"]["backend"] == "static-kv-eager"
+    for part in (*PARTS, "total_s"):
+        values = sorted(p[part] for p in doc["per_process"])
+        assert doc["summary"][part] == pytest.approx({"median": sum(values) / 2, "min": values[0], "max": values[1]})
+    assert doc["model"]["weights"] == "random" and doc["model"]["path"] == str(tiny_model_dir)
+    env = doc["environment"]
+    assert env["git"]["commit"] and env["cpu"]["isa"] is not None  # recorded like every result
+
+
+def test_coldstart_refuses_an_unwritable_output_before_starting_processes(tmp_path, tiny_model_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = run_cli("coldstart", "--backend", "hf-eager", "--model", str(tiny_model_dir), "--output", str(blocker / "x"))
+    assert proc.returncode != 0 and proc.stderr.startswith("error: cannot write results to")
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize(("backend", "trace_name"), [("hf-eager", "torch_trace.json"), ("onnx", "ort_profile")])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -331,26 +332,43 @@ def coldstart(
     threads: Annotated[int | None, typer.Option(help="Intra-op threads.")] = None,
     prompt_len: Annotated[int, typer.Option(help="Prompt length for the first token.")] = 8,
     repeats: Annotated[int, typer.Option(help="Fresh processes to start.")] = 3,
+    output: Annotated[Path, typer.Option(help="Writes <output>/<coldstart-id>/coldstart.json.")] = Path("results"),
 ) -> None:
     """Time from a fresh process's start to its first token: interpreter, imports, load, first token."""
-    import statistics
-
-    from gpt2bench.coldstart import PARTS, measure
+    from gpt2bench.coldstart import PARTS, document, measure
+    from gpt2bench.fsutil import atomic_write_text
+    from gpt2bench.results import new_run_id
+    from gpt2bench.runner import prepare_output
     from gpt2bench.specs import RunSpec, default_threads
+    from gpt2bench.sysinfo import environment
 
     threads = threads or default_threads()
-    RunSpec(
+    spec = RunSpec(
         backend=backend, prompt_len=prompt_len, gen_len=1, device=device, dtype=dtype, threads=threads, repeats=repeats
-    ).validate()
-    runs = [measure(backend, model, device, dtype, threads, prompt_len) for _ in range(repeats)]
+    )
+    spec.validate()
+    prepare_output(output)
+    runs, loaded = [], None
+    for _ in range(repeats):
+        run, loaded = measure(backend, model, device, dtype, threads, prompt_len)
+        runs.append(run)
+    if loaded["fallback_reason"]:
+        _warn(f"{loaded['fallback_reason']}. The children fell back to --model random (GPT-2 124M shapes).")
+    record = {"backend": backend, "model": model, "device": device, "dtype": dtype, "threads": threads,
+              "prompt_len": prompt_len, "repeats": repeats}  # fmt: skip
+    doc = document(runs, loaded, record, environment())
+    folder = output / new_run_id(f"coldstart-{backend}")
+    folder.mkdir(parents=True)
+    atomic_write_text(folder / "coldstart.json", json.dumps(doc, indent=1))
     print(
-        f"cold start of {backend} ({device}/{dtype}, {threads} threads), {repeats} fresh processes; "
-        "load includes export/compile unless cached"
+        f"cold start of {backend} ({device}/{dtype}, {threads} threads, model {loaded['reference']} "
+        f"({loaded['weights']})), {repeats} fresh processes; load includes export/compile unless cached"
     )
     print(f"{'part':<16}{'median s':>10}{'min s':>10}{'max s':>10}")
     for part in (*PARTS, "total_s"):
-        values = [getattr(r, part) for r in runs]
-        print(f"{part:<16}{statistics.median(values):>10.3f}{min(values):>10.3f}{max(values):>10.3f}")
+        stats = doc["summary"][part]
+        print(f"{part:<16}{stats['median']:>10.3f}{stats['min']:>10.3f}{stats['max']:>10.3f}")
+    print(f"results: {folder / 'coldstart.json'}")
 
 
 @app.command()

@@ -9,7 +9,8 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from gpt2bench.errors import BenchError
 
@@ -39,7 +40,11 @@ def parts(spawn: float, stamps: dict[str, float], exited: float = float("nan")) 
     )
 
 
-def measure(backend: str, model: str | None, device: str, dtype: str, threads: int, prompt_len: int) -> ColdStart:
+def measure(
+    backend: str, model: str | None, device: str, dtype: str, threads: int, prompt_len: int
+) -> tuple[ColdStart, dict[str, Any]]:
+    """One fresh process's parts, and the child's word on the model it loaded (its record, and why
+    it fell back to random weights if it did)."""
     args = [
         sys.executable,
         "-m",
@@ -57,7 +62,34 @@ def measure(backend: str, model: str | None, device: str, dtype: str, threads: i
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
         raise BenchError(f"cold-start child failed: {lines[-1] if lines else proc.returncode}")
-    return parts(spawn, json.loads(proc.stdout.strip().splitlines()[-1]), exited)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    return parts(spawn, report["stamps"], exited), report["model"]
+
+
+def document(runs: list[ColdStart], model: dict[str, Any], spec: dict[str, Any], env: dict[str, Any]) -> dict:
+    """What `coldstart --output` writes: every process's parts, their median/min/max, the model and
+    the machine, as every result is recorded."""
+    import statistics
+
+    names = (*PARTS, "total_s", "process_s")
+    per_process = [{**asdict(r), "total_s": r.total_s} for r in runs]
+    summary = {
+        name: {
+            "median": statistics.median(values),
+            "min": min(values),
+            "max": max(values),
+        }
+        for name in names
+        if (values := [p[name] for p in per_process])
+    }
+    return {
+        "kind": "coldstart",
+        "spec": spec,
+        "model": model,
+        "per_process": per_process,
+        "summary": summary,
+        "environment": env,
+    }
 
 
 def child(argv: list[str]) -> None:
@@ -89,7 +121,8 @@ def child(argv: list[str]) -> None:
     next(iter(backend.generate(ids, 1, Sampling())))
     backend.synchronize()
     first = time.monotonic()
-    print(json.dumps({"main": main, "imported": imported, "loaded": loaded, "first_token": first}))
+    stamps = {"main": main, "imported": imported, "loaded": loaded, "first_token": first}
+    print(json.dumps({"stamps": stamps, "model": model.as_record()}))
 
 
 if __name__ == "__main__":
