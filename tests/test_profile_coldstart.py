@@ -69,3 +69,6 @@ def test_profile_writes_pyinstrument_and_the_backends_own_trace(tmp_path, tiny_m
     events = json.loads(trace.read_text())
     events = events["traceEvents"] if isinstance(events, dict) else events
     assert len(events) > 10
+    about = json.loads(files["profile.json"].read_text())  # what was profiled, and where
+    assert about["spec"]["backend"] == backend and about["spec"]["gen_len"] == 4
+    assert about["model"]["path"] == str(tiny_model_dir) and about["environment"]["git"]["commit"]

@@ -392,6 +392,7 @@ def profile(
     from gpt2bench.results import new_run_id
     from gpt2bench.runner import open_session, prepare_output
     from gpt2bench.specs import RunSpec, Sampling, default_threads
+    from gpt2bench.sysinfo import environment
 
     spec = RunSpec(
         backend=backend,
@@ -426,9 +427,11 @@ def profile(
         (out / "profile.html").write_text(profiler.output_html())
         (out / "profile.txt").write_text(profiler.output_text(unicode=True, color=False))
         trace = session.backend.trace(generation, out)
+        about = {"spec": spec.as_record(), "model": session.model.as_record(), "environment": environment()}
+        (out / "profile.json").write_text(json.dumps(about, indent=1, default=str))
     finally:
         session.close()
-    for path in [out / "profile.html", out / "profile.txt", *([trace] if trace else [])]:
+    for path in [out / "profile.html", out / "profile.txt", *([trace] if trace else []), out / "profile.json"]:
         print(path)
 
 
