@@ -41,6 +41,14 @@ def test_shipped_configs_load(name):
     assert all(c.prompt_len + c.gen_len <= 1024 for c in spec.cells)
 
 
+def test_output_defaults_to_a_folder_named_after_the_config(tmp_path):
+    path = tmp_path / "my-study.yaml"
+    path.write_text("prompt_lens: [8]\ngen_lens: [4]\nbackends:\n  - name: hf-eager\n")
+    assert load_sweep(path).output == Path("results") / "my-study"
+    path.write_text(path.read_text() + "output: elsewhere\n")
+    assert load_sweep(path).output == Path("elsewhere")
+
+
 def test_cpu_config_has_the_study_grid_and_headline():
     cells = {(c.prompt_len, c.gen_len) for c in load_sweep(CONFIGS / "cpu.yaml").cells}
     assert cells == {(p, g) for p in (1, 50, 500) for g in (1, 10, 100)}  # 50/100 is already in it

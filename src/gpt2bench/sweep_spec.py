@@ -1,7 +1,7 @@
 """The sweep YAML schema, validated on load with errors that name the field and its line.
 
 model: random                 # optional; default: gpt2, falling back to random offline
-output: results/cpu           # the sweep's results folder
+output: results/cpu           # optional; default: results/<the config file's name>
 device: cpu
 threads: 2                    # optional; default: the cores available
 repeats: 5
@@ -186,7 +186,7 @@ def load_sweep(path: Path) -> SweepSpec:
     if root is None:
         raise UsageError(f"{src}: the config is empty")
     top = _mapping(src, _Node(root, ""), TOP_KEYS)
-    for required in ("output", "backends", "prompt_lens", "gen_lens"):
+    for required in ("backends", "prompt_lens", "gen_lens"):
         if required not in top:
             raise UsageError(f"{src}:{root.start_mark.line + 1}: missing required key '{required}'")
 
@@ -274,7 +274,7 @@ def load_sweep(path: Path) -> SweepSpec:
     return SweepSpec(
         backends=backends,
         cells=cells,
-        output=Path(_scalar(src, top["output"], str)),
+        output=Path(_scalar(src, top["output"], str)) if "output" in top else Path("results") / path.stem,
         model=_scalar(src, get("model"), str, nullable=True) if "model" in top else None,
         device=device,
         threads=_positive_int(src, get("threads")) if "threads" in top else None,
