@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from conftest import run_cli
 from gpt2bench.compare import compare, machine_note
@@ -112,3 +113,31 @@ def test_runs_on_different_cpus_are_flagged():
     assert "model 17; avx2 avx512_bf16" in note and "model 1; avx2 fma" in note
     # A baseline that predates the CPU record names only the model: flagged, since nothing says it matches.
     assert machine_note({"environment": {"cpu_model": "AMD EPYC"}}, {"environment": zen3}) is not None
+
+
+def test_smallest_p_is_the_exact_test_on_fully_separated_samples():
+    from scipy.stats import mannwhitneyu
+
+    from gpt2bench.compare import smallest_p
+
+    for n1, n2 in [(2, 2), (3, 3), (3, 5), (5, 5), (7, 4)]:
+        low, high = list(range(n1)), list(range(100, 100 + n2))
+        assert smallest_p(n1, n2) == pytest.approx(mannwhitneyu(low, high, alternative="two-sided").pvalue)
+
+
+def test_too_few_repetitions_to_ever_be_significant_are_called_out(tmp_path):
+    from gpt2bench.compare import power_note
+
+    three = [10.0, 10.1, 9.9]
+    doubled = [v * 2 for v in three]
+    result = compare(doc({("onnx", 8): three}), doc({("onnx", 8): doubled}))
+    assert {v.verdict for v in result} == {"same"}  # 2x slower, yet p can be no lower than 0.1
+    assert "3 comparison(s) had too few repetitions to reach alpha 0.05: 3 vs 3 (smallest p 0.1)" in power_note(
+        result, 0.05
+    )
+    assert power_note(compare(doc({("onnx", 8): TIGHT[:5]}), doc({("onnx", 8): TIGHT[:5]})), 0.05) is None
+    for name, data in {"base": doc({("onnx", 8): three}), "new": doc({("onnx", 8): doubled})}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(data))
+    proc = run_cli("compare", str(tmp_path / "base"), str(tmp_path / "new"))
+    assert proc.returncode == 0 and "they can only read 'same'" in proc.stdout

@@ -256,7 +256,7 @@ def compare(
     ] = None,
 ) -> None:
     """Compare two results folders; exit 1 on a significant regression beyond the threshold."""
-    from gpt2bench.compare import DEFAULT_METRICS, REGRESSIONS, load, machine_note, markdown
+    from gpt2bench.compare import DEFAULT_METRICS, REGRESSIONS, load, machine_note, markdown, power_note
     from gpt2bench.compare import compare as run_compare
 
     old_doc, new_doc = load(baseline), load(new)
@@ -264,9 +264,9 @@ def compare(
         old_doc, new_doc, tuple(metric or DEFAULT_METRICS), threshold, quality_threshold, alpha, normalize
     )
     print(markdown(verdicts, normalize))
-    note = machine_note(old_doc, new_doc)
-    if note:
-        print(f"\n{note}")
+    for note in (machine_note(old_doc, new_doc), power_note(verdicts, alpha)):
+        if note:
+            print(f"\n{note}")
     bad = [v for v in verdicts if v.verdict in REGRESSIONS]
     missing = [v for v in verdicts if v.verdict == "missing"]
     print(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,26 @@ class Verdict:
     ratio: float | None  # new / baseline
     p_value: float | None
     verdict: str  # faster | slower | same | better | worse | missing | new | reference
+    samples: tuple[int, int] | None = None  # repetitions behind a speed verdict: (baseline, new)
+
+
+def smallest_p(n_baseline: int, n_new: int) -> float:
+    """The smallest two-sided p an exact Mann-Whitney U test can give for these sample sizes (the
+    samples fully separated): 2 / C(n1 + n2, n1). With 3 and 3 it is 0.10, so at alpha 0.05 no
+    difference, however large, can be significant."""
+    return min(1.0, 2 / math.comb(n_baseline + n_new, n_baseline))
+
+
+def power_note(verdicts: list[Verdict], alpha: float) -> str | None:
+    """A warning when some comparisons had too few repetitions to ever be significant."""
+    blind = Counter(v.samples for v in verdicts if v.samples and min(v.samples) > 1 and smallest_p(*v.samples) >= alpha)
+    if not blind:
+        return None
+    sizes = ", ".join(f"{a} vs {b} (smallest p {smallest_p(a, b):.2g})" for a, b in sorted(blind))
+    return (
+        f"note: {sum(blind.values())} comparison(s) had too few repetitions to reach alpha {alpha}: {sizes}; "
+        "they can only read 'same'. Repeat more (5 vs 5 reaches 0.008)."
+    )
 
 
 def config_key(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -124,7 +145,7 @@ def compare(
                 worse = ratio > 1 + threshold if SPEED_METRICS[metric] else ratio < 1 - threshold
                 better = ratio < 1 - threshold if SPEED_METRICS[metric] else ratio > 1 + threshold
                 verdict = "slower" if significant and worse else "faster" if significant and better else "same"
-                verdicts.append(Verdict(key, metric, b_med, n_med, ratio, p, verdict))
+                verdicts.append(Verdict(key, metric, b_med, n_med, ratio, p, verdict, (len(b), len(n))))
         for metric, lower_better in QUALITY_METRICS.items():
             b_val, n_val = b_row.get(metric), n_row.get(metric)
             if b_val is None or n_val is None:
