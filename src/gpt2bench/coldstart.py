@@ -73,15 +73,10 @@ def document(runs: list[ColdStart], model: dict[str, Any], spec: dict[str, Any],
 
     names = (*PARTS, "total_s", "process_s")
     per_process = [{**asdict(r), "total_s": r.total_s} for r in runs]
-    summary = {
-        name: {
-            "median": statistics.median(values),
-            "min": min(values),
-            "max": max(values),
-        }
-        for name in names
-        if (values := [p[name] for p in per_process])
-    }
+    summary = {}
+    for name in names:
+        values = [p[name] for p in per_process]
+        summary[name] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
     return {
         "kind": "coldstart",
         "spec": spec,
