@@ -10,8 +10,8 @@ Logits: vLLM returns log-probabilities, not logits. `logits()` asks for the full
 prompt log-probs (prompt_logprobs=-1), which vLLM returns as Python dicts: exact, but slow (~0.4 s
 per position here), so it serves the short agreement check only. Perplexity uses `token_nll`,
 the prompt tokens' own log-probs (prompt_logprobs=0): exact and fast. Log-probs are logits up to a
-per-position constant, so softmax, KL and greedy argmax are unchanged; absolute logit differences
-are differences of log-probs.
+per-position constant, so softmax, KL and greedy argmax are unchanged, and the quality check's
+largest difference is taken between log-probs for every backend.
 
 One process (VLLM_ENABLE_V1_MULTIPROCESSING=0, the "uni" executor); the environment knobs below
 are set before vLLM is imported, unless the user set them. Engine start-up (20-60 s on a 2-core
