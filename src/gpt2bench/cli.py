@@ -344,7 +344,14 @@ def coldstart(
 
     threads = threads or default_threads()
     spec = RunSpec(
-        backend=backend, prompt_len=prompt_len, gen_len=1, device=device, dtype=dtype, threads=threads, repeats=repeats
+        backend=backend,
+        prompt_len=prompt_len,
+        gen_len=1,
+        model=model,
+        device=device,
+        dtype=dtype,
+        threads=threads,
+        repeats=repeats,
     )
     spec.validate()
     prepare_output(output)
@@ -354,9 +361,7 @@ def coldstart(
         runs.append(run)
     if loaded["fallback_reason"]:
         _warn(f"{loaded['fallback_reason']}. The children fell back to --model random (GPT-2 124M shapes).")
-    record = {"backend": backend, "model": model, "device": device, "dtype": dtype, "threads": threads,
-              "prompt_len": prompt_len, "repeats": repeats}  # fmt: skip
-    doc = document(runs, loaded, record, environment())
+    doc = document(runs, loaded, spec.as_record(), environment())
     folder = output / new_run_id(f"coldstart-{backend}")
     folder.mkdir(parents=True)
     atomic_write_text(folder / "coldstart.json", json.dumps(doc, indent=1))
