@@ -27,7 +27,8 @@ def test_help_and_backends_do_not_import_torch():
         "    try:\n        main()\n    except SystemExit as e:\n        assert e.code == 0, e.code\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
-    assert "hf-fp16-dynq" in run_python(code)
+    listing = run_python(code, env={"COLUMNS": "200"})  # wide enough that no cell wraps
+    assert "hf-fp16-dynq" in listing and "fp16 (cuda)" in listing
 
 
 @pytest.mark.parametrize(
@@ -40,6 +41,7 @@ def test_help_and_backends_do_not_import_torch():
         (["--backend", "hf-eager", "--batch-size", "0"], ["batch-size must be at least 1"]),
         (["--backend", "hf-fp16-dynq", "--dtype", "bf16"], ["does not support dtype 'bf16'"]),
         (["--backend", "hf-int8-dynq", "--device", "cuda"], ["does not run on cuda"]),
+        (["--backend", "static-kv", "--dtype", "fp16"], ["fp16 is for --device cuda"]),
         (["--backend", "hf-eager", "--device", "tpu"], ["unknown device 'tpu'"]),
         (["--backend", "hf-eager", "--option", "novalue"], ["key=value"]),
         (["--backend", "onnx", "--option", "colour=blue"], ["has no option 'colour'", "rebuild"]),

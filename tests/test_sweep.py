@@ -98,6 +98,11 @@ def test_cpu_config_has_the_study_grid_and_headline():
         ),
         ("", "the config is empty"),
         (
+            "output: x\nprompt_lens: [1]\ngen_lens: [1]\nbackends:\n"
+            "  - {name: hf-eager}\n  - {name: vllm, dtype: fp16}\n",
+            ":6: backends[1]: fp16 is for --device cuda",
+        ),
+        (
             "output: x\ndevice: cuda\nprobe_bandwidth: true\nprompt_lens: [1]\ngen_lens: [1]\n"
             "backends: [{name: hf-eager}]\n",
             ":3: probe_bandwidth: probes the CPU's memory",
@@ -126,29 +131,59 @@ def _rows(out):
     return json.loads((out / "results.json").read_text())["rows"]
 
 
-def test_quick_sweep_writes_every_cell_and_a_failing_backend_stays_contained(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("interleave", [False, True])
+def test_quick_sweep_writes_every_cell_and_a_failing_backend_stays_contained(tmp_path, tiny_model_dir, interleave):
+    # A broken onnxruntime install: the package is there (so the backend is listed as available)
+    # but importing it fails, inside the worker's load.
+    shim = tmp_path / "shim"
+    (shim / "onnxruntime").mkdir(parents=True)
+    (shim / "onnxruntime" / "__init__.py").write_text('raise ImportError("simulated broken onnxruntime")\n')
     out = tmp_path / "out"
     config = _write(
         tmp_path,
         BASE.format(out=out, model=tiny_model_dir)
-        + """backends:
-  - name: hf-eager
-  - {name: static-kv-eager, dtype: fp16}   # raises at load on a CPU: its cells fail, nothing else
-  - name: onnx-opt
-""",
+        + "backends:\n  - name: hf-eager\n  - name: onnx-opt\n  - name: static-kv-eager\n",
     )
-    proc = run_cli("sweep", str(config))
+    pythonpath = os.pathsep.join(p for p in (str(shim), os.environ.get("PYTHONPATH", "")) if p)
+    args = ("sweep", str(config), *(["--interleave"] if interleave else []))
+    proc = run_cli(*args, env={"PYTHONPATH": pythonpath})
     assert proc.returncode == 1, proc.stderr
     assert "2 of 6 cells failed" in proc.stderr
     rows = _rows(out)
     assert len(rows) == 6 and len({r["cell_key"] for r in rows}) == 6
     ok = [r for r in rows if r["status"] == "ok"]
-    assert {(r["label"], r["prompt_len"]) for r in ok} == {(b, p) for b in ("hf-eager", "onnx-opt") for p in (4, 8)}
+    assert {(r["label"], r["prompt_len"]) for r in ok} == {
+        (b, p) for b in ("hf-eager", "static-kv-eager") for p in (4, 8)
+    }
     assert all(r["tokens_per_run"] == 3 and r["repeats"] == 2 for r in ok)
     failed = [r for r in rows if r["status"] == "failed"]
-    assert all(r["label"] == "static-kv-eager@fp16" and "fp16 is for --device cuda" in r["error"] for r in failed)
+    assert all(r["label"] == "onnx-opt" and "simulated broken onnxruntime" in r["error"] for r in failed)
     with (out / "results.csv").open() as fh:
         assert len(fh.readlines()) == 7
+
+
+def test_a_model_that_cannot_be_had_fails_the_sweep_once_before_any_worker(tmp_path):
+    out = tmp_path / "out"
+    config = _write(
+        tmp_path,
+        BASE.format(out=out, model=tmp_path / "no-such-model") + "backends: [{name: hf-eager}, {name: onnx}]\n",
+    )
+    proc = run_cli("sweep", str(config), timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "no-such-model' does not exist" in proc.stderr
+    assert not (out / "results.json").exists()
+
+
+def test_cells_beyond_the_models_context_fail_the_sweep_before_any_load(tmp_path):
+    from gpt2bench.models import build_random_model
+
+    model = build_random_model(tmp_path / "short", n_layer=1, n_head=2, n_embd=32, n_positions=10)
+    out = tmp_path / "out"
+    config = _write(tmp_path, BASE.format(out=out, model=model) + "backends: [{name: hf-eager}]\n")
+    proc = run_cli("sweep", str(config), timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "prompt 8 + gen 3 = 11 exceeds this model's 10-token context" in proc.stderr
+    assert not (out / "results.json").exists()
 
 
 def test_load_warnings_from_the_workers_reach_the_user_once(tmp_path, tiny_model_dir):

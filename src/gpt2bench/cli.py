@@ -165,7 +165,7 @@ def sweep(
     from gpt2bench.results import new_run_id
     from gpt2bench.runner import prepare_output
     from gpt2bench.specs import default_threads, oversubscription
-    from gpt2bench.sweep import cells_to_run, open_store, run_interleaved, run_sequential
+    from gpt2bench.sweep import cells_to_run, open_store, resolve_model_once, run_interleaved, run_sequential
     from gpt2bench.sweep_spec import load_sweep
     from gpt2bench.sysinfo import environment
 
@@ -187,6 +187,7 @@ def sweep(
 
     if crowded := oversubscription(threads):
         warn_once(crowded)
+    spec = resolve_model_once(spec, warn_once)
     run_id = new_run_id("sweep")
     meta = {
         "run_id": run_id,
@@ -467,6 +468,7 @@ def list_backends() -> None:
     from rich.table import Table
 
     from gpt2bench.backends import REGISTRY
+    from gpt2bench.specs import dtype_label
 
     table = Table(title="gpt2bench backends")
     for col in ("backend", "available", "devices", "dtypes", "description"):
@@ -477,7 +479,7 @@ def list_backends() -> None:
             name,
             "yes" if reason is None else f"no: {reason}",
             ",".join(info.devices),
-            ",".join(info.dtypes),
+            ",".join(dtype_label(d) for d in info.dtypes),
             info.description,
         )
     Console().print(table)

@@ -44,6 +44,14 @@ class ModelRef:
     def is_random(self) -> bool:
         return self.weights == "random"
 
+    def fallback_warning(self) -> str | None:
+        if self.fallback_reason is None:
+            return None
+        return f"{self.fallback_reason}. Falling back to --model random (GPT-2 124M shapes, random weights)."
+
+    def n_positions(self) -> int:
+        return int(self.config().get("n_positions", 1024))
+
     def config(self) -> dict[str, Any]:
         return json.loads((self.path / "config.json").read_text())
 

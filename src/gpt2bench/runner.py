@@ -48,7 +48,7 @@ class Session:
 def check_fits(spec: RunSpec, model: Any) -> None:
     """The cell's lengths and quality window against this model's context (GPT-2's 1024 is checked
     with the spec; a local model may have fewer positions)."""
-    n_positions = int(model.config().get("n_positions", 1024))
+    n_positions = model.n_positions()
     if spec.prompt_len + spec.gen_len > n_positions:
         raise UsageError(
             f"prompt-len + gen-len = {spec.prompt_len + spec.gen_len} exceeds this model's {n_positions}-token context"
@@ -71,8 +71,8 @@ def open_session(spec: RunSpec, warn: Callable[[str], None], check_cell: bool = 
     quiet_libraries()
     backend = get_backend(spec.backend).create()
     model = resolve_model(spec.model)
-    if model.fallback_reason:
-        warn(f"{model.fallback_reason}. Falling back to --model random (GPT-2 124M shapes, random weights).")
+    if fallback := model.fallback_warning():
+        warn(fallback)
     if check_cell:
         check_fits(spec, model)
     settings = BackendSettings(spec.device, spec.dtype, spec.threads, spec.options)

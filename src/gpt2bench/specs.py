@@ -15,6 +15,14 @@ if TYPE_CHECKING:
 
 DEVICES = ("cpu", "cuda")
 DTYPES = ("fp32", "bf16", "fp16")
+# fp16 arithmetic on a CPU is emulated by most of them and no backend here has CPU fp16 kernels worth
+# timing; bf16 is the CPU's half-precision format.
+CUDA_ONLY_DTYPES = ("fp16",)
+
+
+def dtype_label(dtype: str) -> str:
+    """How `backends` lists a dtype: the ones a CPU run refuses say so."""
+    return f"{dtype} (cuda)" if dtype in CUDA_ONLY_DTYPES else dtype
 
 
 def default_threads() -> int:
@@ -106,6 +114,8 @@ class RunSpec:
                 f"backend '{self.backend}' does not support dtype '{self.dtype}' "
                 f"(it supports: {', '.join(info.dtypes)})"
             )
+        if self.dtype in CUDA_ONLY_DTYPES and self.device == "cpu":
+            raise UsageError(f"{self.dtype} is for --device cuda; on the CPU use fp32 or bf16")
         unknown = sorted(set(self.options) - set(info.options))
         if unknown:
             valid = ", ".join(info.options) or "none"

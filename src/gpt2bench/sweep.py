@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from gpt2bench.errors import UsageError
@@ -195,6 +195,31 @@ def merge_rounds(rows: list[dict[str, Any]], samples: list[dict[str, Any]]) -> t
     return row, merged
 
 
+def resolve_model_once(spec: SweepSpec, warn: Warn) -> SweepSpec:
+    """Resolve the sweep's model here, before any worker starts, so a model that cannot be had
+    fails the sweep once (not every backend's load) and every cell is checked against the model's
+    context up front. A default that fell back to random weights goes on as `random`: the workers
+    then load what the parent warned about, and --resume's cell keys name what was measured."""
+    from gpt2bench.models import RANDOM, resolve_model
+
+    model = resolve_model(spec.model)
+    if fallback := model.fallback_warning():
+        warn(fallback)
+        spec = replace(spec, model=RANDOM)
+    n_positions = model.n_positions()
+    too_long = [c for c in spec.cells if c.prompt_len + c.gen_len > n_positions]
+    if too_long:
+        first = too_long[0]
+        more = f" (and {len(too_long) - 1} more cells)" if len(too_long) > 1 else ""
+        raise UsageError(
+            f"{spec.source}: prompt {first.prompt_len} + gen {first.gen_len} = {first.prompt_len + first.gen_len} "
+            f"exceeds this model's {n_positions}-token context{more}"
+        )
+    if spec.quality.enabled:
+        to_quality_settings(spec.quality).validate(n_positions)
+    return spec
+
+
 def wants_quality(spec: SweepSpec, cell: Cell) -> bool:
     """Quality does not depend on the cell: measure it once per backend, with the sweep's first cell."""
     return spec.quality.enabled and cell == spec.cells[0]
@@ -267,14 +292,19 @@ def run_interleaved(
     time, so slow drift of the machine spreads over every backend instead of hitting one."""
     todo = plan(spec, store)
     workers: dict[str, Worker] = {}
+    load_errors: dict[str, str] = {}
     try:
         for backend, _ in todo:
             worker = Worker(spec, backend, run_id, threads)
-            hello = worker.receive(spec.cell_timeout_s)
+            try:
+                hello = worker.receive(spec.cell_timeout_s)
+            except WorkerGone as gone:  # died or hung while loading: its cells fail, the others go on
+                hello = {"event": "load_failed", "error": str(gone)}
             _announce(hello, warn)
             if hello["event"] == "ready":
                 workers[backend.display()] = worker
             else:
+                load_errors[backend.display()] = f"load failed: {hello['error']}"
                 worker.close()
         for cell in spec.cells:
             active = [b for b, cells in todo if cell in cells]
@@ -286,7 +316,7 @@ def run_interleaved(
                     if name in failed:
                         continue
                     if name not in workers:
-                        failed[name] = "load failed"
+                        failed[name] = load_errors.get(name, "load failed")
                         continue
                     last = r == spec.repeats - 1
                     command = _command(

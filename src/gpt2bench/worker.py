@@ -2,7 +2,7 @@
 
 Protocol, one JSON object per line. The parent writes the job to stdin first
 ({"spec": RunSpec fields, "run_id": ...}) and the worker answers {"event": "ready", "warnings": [...]}
-once the backend is loaded (or {"event": "load_failed", ...}); then one command per cell
+once the backend is loaded (or {"event": "load_failed", "error": ..., "warnings": [...]}); then one command per cell
 ({"cell": {...}, "warmup": w, "repeats": k, "quality": bool, "label": ..., "cell_key": ...}); the
 worker answers each with {"event": "row", ...} or {"event": "failed", "error": ...} on its real
 stdout. Anything libraries print goes to stderr, so it cannot corrupt the protocol. A line that
@@ -45,7 +45,7 @@ def main() -> int:
     try:
         session = open_session(base, warnings.append, check_cell=False)
     except Exception as exc:  # reported for every cell by the parent
-        send({"event": "load_failed", "error": _one_line(exc)})
+        send({"event": "load_failed", "error": _one_line(exc), "warnings": warnings})
         return 1
     send({"event": "ready", "warnings": warnings})
     for line in sys.stdin:

@@ -14,7 +14,6 @@ import numpy as np
 
 from gpt2bench.backends.base import Backend, BackendSettings, register
 from gpt2bench.backends.torch_common import TorchDevice, make_generator, select_next, torch_device, torch_dtype
-from gpt2bench.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -35,8 +34,6 @@ class HFEager(TorchDevice, Backend):
     def load(self, model: ModelRef, settings: BackendSettings) -> dict[str, float]:
         from transformers import GPT2LMHeadModel
 
-        if settings.dtype == "fp16" and settings.device == "cpu":
-            raise UsageError("fp16 is for --device cuda; on the CPU use fp32 or bf16")
         self.device = torch_device(settings.device, settings.threads)
         self.dtype = torch_dtype(settings.dtype)
         net = GPT2LMHeadModel.from_pretrained(model.path, dtype=self.dtype)

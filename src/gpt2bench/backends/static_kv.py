@@ -135,8 +135,6 @@ class _StaticKV(TorchDevice, Backend):
         from gpt2bench.gpt2 import GPT2
 
         self.check_options(settings.options)
-        if settings.dtype == "fp16" and settings.device == "cpu":
-            raise UsageError("fp16 is for --device cuda; on the CPU use fp32 or bf16")
         self.device = torch_device(settings.device, settings.threads)
         self.dtype = torch_dtype(settings.dtype)
         self.model = GPT2.from_hf(model.path, self.dtype, self.device)

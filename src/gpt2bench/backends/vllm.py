@@ -92,8 +92,6 @@ class VLLMBackend(Backend):
 
     def load(self, model: ModelRef, settings: BackendSettings) -> dict[str, float]:
         self.check_options(settings.options)
-        if settings.dtype == "fp16" and settings.device == "cpu":
-            raise UsageError("fp16 is for --device cuda; on the CPU use fp32 or bf16")
         configure_environment(settings)
         if settings.device == "cuda":
             import torch
