@@ -58,3 +58,26 @@ def test_git_commit_never_writes_the_repository_it_reads(tmp_path):
     assert index.stat().st_mtime_ns == before
     tracked.write_text("b\n")
     assert sysinfo.git_commit(tmp_path)["dirty"] is True
+
+
+def test_contention_share_is_withheld_when_clock_ticks_cannot_resolve_it(monkeypatch):
+    import math
+
+    monkeypatch.setattr(sysinfo.os, "sysconf", lambda name: 100)  # the usual USER_HZ: 10 ms ticks
+    monkeypatch.setattr(sysinfo.os, "cpu_count", lambda: 2)
+    # One stray tick in a 3 ms generation is not "167% of the machine".
+    assert math.isnan(sysinfo.contention_fraction(0.01, 0.003, 1))
+    # 0.5 CPU-s over 2 s of 2 cores is 12.5%; one window may be off by 1 / (100 * 2) = 0.5%.
+    assert sysinfo.contention_fraction(0.5, 2.0, 1) == 0.125
+    # Five 0.1 s windows: each can be off by a tick, 5 / (100 * 0.5) = 10%, too coarse.
+    assert math.isnan(sysinfo.contention_fraction(0.05, 0.5, 5))
+    total = sysinfo.CpuContention.total([sysinfo.CpuContention(1.0, 0.2, 0.1), sysinfo.CpuContention(1.0, 0.2, 0.1)])
+    assert (total.wall_s, total.other_cpu_s, total.windows, total.other_cpu_frac) == (2.0, 0.4, 2, 0.1)
+
+
+def test_the_summary_says_when_the_share_could_not_be_resolved():
+    from gpt2bench.summary import contention_fact
+
+    assert "(10.0% of the machine)" in contention_fact({"other_cpu_s": 0.4, "other_cpu_frac": 0.1})
+    assert "too short" in contention_fact({"other_cpu_s": 0.01, "other_cpu_frac": None})
+    assert "not measured" in contention_fact({"other_cpu_s": None, "other_cpu_frac": None})

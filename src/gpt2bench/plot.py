@@ -304,7 +304,7 @@ def summary_markdown(doc: dict[str, Any], rows: list[Row], figures: list[str]) -
         lines.append(
             f"| {r['label']} | {r['prompt_len']} | {r['gen_len']} | {r['batch_size']} | "
             f"{_fmt(r['ttft_ms_median'])} | {_fmt(r['tpot_ms_median'], 2)} | {_fmt(r['e2e_ms_median'])} | "
-            f"{_fmt(noise * 100 if noise is not None else None)}% |"
+            f"{_fmt(noise * 100) + '%' if _fmt(noise) != '-' else '-'} |"
         )
     failed = [r for r in doc["rows"] if r.get("status") != "ok"]
     if failed:

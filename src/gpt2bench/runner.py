@@ -166,6 +166,7 @@ def measure_cell(
         "warnings": backend.warnings(),  # as printed at load: e.g. an arithmetic this CPU only emulates
         "spec": {**spec.as_record(), "quality": spec.quality.record() if spec.quality else None},
         "contention_wall_s": m.contention.wall_s,
+        "contention_windows": m.contention.windows,
         "bandwidth_gbs": m.bandwidth_gbs,  # probes around the timed runs, when asked for
         "torch": env["torch"],
     }

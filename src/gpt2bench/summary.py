@@ -37,6 +37,18 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.{digits}f}"
 
 
+def contention_fact(row: dict[str, Any]) -> str:
+    other, share = row.get("other_cpu_s"), row.get("other_cpu_frac")
+    if _fmt(other) == "-":
+        return "other processes' CPU: not measured (no /proc/stat)"
+    if _fmt(share) == "-":
+        return (
+            f"other processes used {_fmt(other)} CPU-s "
+            "(the timed runs were too short for /proc/stat's clock ticks to give a share of the machine)"
+        )
+    return f"other processes used {_fmt(other)} CPU-s ({_fmt(share * 100, 1)}% of the machine)"
+
+
 def roofline_line(row: dict[str, Any]) -> str | None:
     """The row's roofline figures in one sentence (None for rows without them)."""
     if row.get("decode_gbs") is None:
@@ -108,7 +120,7 @@ def print_summary(
         f"tokenization {_fmt(row['tokenize_ms'])} ms (not in any timed figure)",
         f"RSS after load {_fmt(row.get('rss_after_load_mb'), 0)} MB, peak {_fmt(row.get('peak_rss_mb'), 0)} MB "
         f"({row.get('peak_rss_scope')})",
-        f"other processes used {_fmt(row.get('other_cpu_s'))} CPU-s ({_fmt((noise or 0) * 100, 1)}% of the machine)",
+        contention_fact(row),
     ]
     extra = {k: v for k, v in row.items() if k not in COLUMNS}  # backend phases, device memory
     facts += [f"{k} {_fmt(v)}" for k, v in extra.items()]

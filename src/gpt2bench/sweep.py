@@ -162,7 +162,7 @@ def merge_rounds(rows: list[dict[str, Any]], samples: list[dict[str, Any]]) -> t
     row["setup_s"] = rows[0]["setup_s"]
     contention = CpuContention.total(
         [
-            CpuContention(s["contention_wall_s"], r["other_cpu_s"], r["other_cpu_frac"])
+            CpuContention(s["contention_wall_s"], r["other_cpu_s"], r["other_cpu_frac"], s.get("contention_windows", 1))
             for r, s in zip(rows, samples, strict=True)
         ]
     )
@@ -189,6 +189,7 @@ def merge_rounds(rows: list[dict[str, Any]], samples: list[dict[str, Any]]) -> t
     merged["per_run"] = per_run
     merged["itl_ms"] = [run for s in samples for run in s["itl_ms"]]
     merged["contention_wall_s"] = contention.wall_s
+    merged["contention_windows"] = contention.windows
     merged["interleaved_rounds"] = len(rows)
     if probed:
         merged["bandwidth_gbs"] = [s["bandwidth_gbs"] for s in probed]  # per round: before and after its run

@@ -192,21 +192,37 @@ def reset_peak_rss() -> bool:
         return False
 
 
+# /proc/stat counts CPU time in clock ticks (10 ms at the usual 100 Hz), a tick per core at a
+# time, so each monitored window's figure can be off by up to a tick per core. Over n windows the
+# fraction can then be off by n / (hz * wall); beyond this it is not reported (a 3 ms generation
+# read "174% of the machine" from one stray tick).
+MAX_FRACTION_ERROR = 0.05
+
+
+def contention_fraction(other_cpu_s: float, wall_s: float, windows: int) -> float:
+    """Other processes' share of all cores over `windows` monitored windows totalling `wall_s`, or
+    NaN when /proc/stat's ticks are too coarse for windows that short."""
+    if wall_s <= 0 or windows / (os.sysconf("SC_CLK_TCK") * wall_s) > MAX_FRACTION_ERROR:
+        return float("nan")
+    return other_cpu_s / (wall_s * (os.cpu_count() or 1))
+
+
 @dataclass
 class CpuContention:
     """CPU seconds that *other* processes used while we measured, from /proc/stat: a noise flag."""
 
     wall_s: float
     other_cpu_s: float
-    other_cpu_frac: float  # of all cores' capacity over the wall time
+    other_cpu_frac: float  # of all cores' capacity over the wall time; NaN when too short to resolve
+    windows: int = 1
 
     @classmethod
     def total(cls, parts: list[CpuContention]) -> CpuContention:
         """Several monitored windows as one: their wall times and other processes' CPU summed."""
         wall = sum(p.wall_s for p in parts)
         other = sum(p.other_cpu_s for p in parts)  # NaN if any window could not read /proc/stat
-        cores = os.cpu_count() or 1
-        return cls(wall, other, other / (wall * cores) if wall > 0 else float("nan"))
+        windows = sum(p.windows for p in parts)
+        return cls(wall, other, contention_fraction(other, wall, windows), windows)
 
 
 class ContentionMonitor:
@@ -238,5 +254,4 @@ class ContentionMonitor:
             return CpuContention(wall, float("nan"), float("nan"))
         total_busy = (busy1 - self._busy0) / self._hz
         other = max(0.0, total_busy - (self._self_cpu_s() - self._self0))
-        cores = os.cpu_count() or 1
-        return CpuContention(wall, other, other / (wall * cores) if wall > 0 else float("nan"))
+        return CpuContention(wall, other, contention_fraction(other, wall, 1))
