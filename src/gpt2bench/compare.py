@@ -26,7 +26,7 @@ from gpt2bench.sysinfo import cpu_label
 
 # metric -> True when lower is better
 SPEED_METRICS = {"tpot_ms": True, "ttft_ms": True, "e2e_ms": True, "decode_tps": False, "overall_tps": False}
-QUALITY_METRICS = {"ppl": True, "agree_greedy": False}
+QUALITY_METRICS = {"ppl": True, "agree_greedy": False, "agree_top1": False}
 DEFAULT_METRICS = ("tpot_ms", "ttft_ms", "e2e_ms")
 REGRESSIONS = ("slower", "worse")
 

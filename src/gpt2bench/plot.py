@@ -283,14 +283,18 @@ def summary_markdown(doc: dict[str, Any], rows: list[Row], figures: list[str]) -
         "",
         "Medians over repetitions; e2e as mean ± half-width of the 95% CI (Student t).",
         "",
-        "| backend | TTFT ms | TPOT ms | e2e ms | decode tok/s | peak RSS MB | perplexity | greedy agreement |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| backend | TTFT ms | TPOT ms | e2e ms | decode tok/s | peak RSS MB | perplexity | greedy agreement "
+        "| top-1 agreement |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    quality = {r["label"]: r for r in quality_rows(rows)}  # measured once per backend, maybe in another cell
     for r in _at(rows, cell):
+        q = quality.get(r["label"], {})
         lines.append(
             f"| {r['label']} | {_fmt(r['ttft_ms_median'])} | {_fmt(r['tpot_ms_median'], 2)} | "
             f"{_fmt(r['e2e_ms_mean'])} ± {_fmt(_half_ci(r, 'e2e_ms'))} | {_fmt(r['decode_tps_median'])} | "
-            f"{_fmt(r.get('peak_rss_mb'), 0)} | {_fmt(r.get('ppl'), 2)} | {_fmt(r.get('agree_greedy'), 3)} |"
+            f"{_fmt(r.get('peak_rss_mb'), 0)} | {_fmt(q.get('ppl'), 2)} | {_fmt(q.get('agree_greedy'), 3)} | "
+            f"{_fmt(q.get('agree_top1'), 3)} |"
         )
     lines += [
         "",

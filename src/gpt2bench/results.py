@@ -74,6 +74,7 @@ QUALITY_COLUMNS = [
     "ppl_windows",
     "agree_greedy",
     "agree_first_divergence",
+    "agree_top1",
     "agree_kl_mean",
     "agree_max_abs_logprob",
     "quality_s",

@@ -142,8 +142,9 @@ def print_summary(
         console.print(
             f"quality: perplexity {_fmt(row['ppl'])}, {_fmt(row['bits_per_byte'], 3)} bits/byte over "
             f"{row['ppl_tokens']} tokens ({row['ppl_windows']} windows of {row['ppl_window']}, stride "
-            f"{row['ppl_stride']}); vs hf-eager fp32: greedy tokens {row['agree_greedy']:.1%} identical, first "
-            f"divergence at {_fmt(row['agree_first_divergence'], 1)}, mean KL {row['agree_kl_mean']:.2e}, "
+            f"{row['ppl_stride']}); vs hf-eager fp32: free-running greedy tokens {row['agree_greedy']:.1%} "
+            f"identical, first divergence at {_fmt(row['agree_first_divergence'], 1)}; teacher-forced top-1 "
+            f"{row['agree_top1']:.1%} identical, mean KL {row['agree_kl_mean']:.2e}, "
             f"max |dlogprob| {row['agree_max_abs_logprob']:.2e}  ({_fmt(row['quality_s'])} s)"
         )
     console.print(f"sample (first sequence, decoded after timing): {sample_text[:200]!r}", markup=False)
