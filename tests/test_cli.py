@@ -250,7 +250,31 @@ def test_quality_columns_from_the_cli(tmp_path, trained_model):
     assert (row["ppl_window"], row["ppl_stride"], row["ppl_windows"]) == (128, 64, 3)
     assert row["ppl_tokens"] == 127 + 64 + 64
     assert 1 < row["ppl"] < 50257 and row["bits_per_byte"] > 0 and 0 <= row["agree_greedy"] <= 1
-    assert row["quality_s"] > 0
+    assert 0 <= row["agree_top1"] <= 1 and row["quality_s"] > 0 and not row.get("quality_error")
+
+
+def test_failed_quality_keeps_the_timed_runs(tmp_path, tiny_model_dir):
+    text = tmp_path / "one-word.txt"
+    text.write_text("Hello")  # one token: nothing to score, found only once the text is tokenized
+    out = tmp_path / "out"
+    args = ["--model", str(tiny_model_dir), "--gen-len", "3", "--repeats", "2", "--warmup", "0"]
+    proc = run_cli("run", "--backend", "hf-eager", *args, "--quality", "--eval-text", str(text), "--output", str(out))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "quality failed (UsageError: the eval text is 1 token(s) long" in proc.stderr
+    assert "the speed results are saved in" in proc.stderr
+    (run_dir,) = out.iterdir()
+    (row,) = json.loads((run_dir / "results.json").read_text())["rows"]
+    assert row["status"] == "ok" and row["tokens_per_run"] == 3 and row["tpot_ms_median"] > 0
+    assert row.get("ppl") is None and "perplexity needs at least 2" in row["quality_error"]
+
+
+def test_an_empty_eval_text_is_refused_before_loading(tmp_path):
+    text = tmp_path / "empty.txt"
+    text.write_text("")
+    proc = run_cli(
+        "run", "--backend", "hf-eager", "--quality", "--eval-text", str(text), "--output", str(tmp_path / "o")
+    )
+    _one_line_error(proc, 2, "eval text", "is empty")
 
 
 def test_model_context_is_checked_before_any_load(tmp_path, trained_model):

@@ -137,6 +137,15 @@ def test_load_warnings_reach_the_summary_and_every_caption(tmp_path, figures):
         assert "warning for onnx: see summary.md" in [t.get_text() for t in fig.texts], name
 
 
+def test_summary_lists_quality_that_failed(tmp_path):
+    doc = fixture_doc()
+    doc["rows"][0].update(ppl=None, quality_error="UsageError: the eval text is 1 token(s) long")
+    (tmp_path / "results.json").write_text(json.dumps(doc))
+    plot(tmp_path)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## Quality that failed (the speed figures stand)\n\n- hf-eager: UsageError: the eval text" in summary
+
+
 def test_documents_without_warnings_show_none(tmp_path):
     doc = fixture_doc()
     del doc["samples"]  # documents written before warnings were recorded

@@ -13,7 +13,7 @@ import pytest
 from conftest import run_cli
 from gpt2bench.errors import UsageError
 from gpt2bench.roofline import probed_bw_frac
-from gpt2bench.sweep import merge_rounds
+from gpt2bench.sweep import merge_rounds, plan
 from gpt2bench.sweep_spec import load_sweep
 
 CONFIGS = Path(__file__).parents[1] / "configs"
@@ -344,3 +344,20 @@ def test_a_worker_that_times_out_is_killed_and_a_fresh_one_takes_the_next_cell(t
     rows = _rows(out)
     assert [r["prompt_len"] for r in rows] == [4, 8]
     assert all(r["status"] == "failed" and r["error"] == "timed out after 0.3 s" for r in rows)
+
+
+def test_resume_retries_failed_cells_and_cells_whose_quality_failed(tmp_path):
+    from types import SimpleNamespace
+
+    from gpt2bench.sweep_spec import cell_key
+
+    spec = load_sweep(
+        _write(tmp_path, BASE.format(out=tmp_path / "out", model="random") + "backends: [{name: onnx}]\n")
+    )
+    (backend,) = spec.backends
+    small, large = spec.cells
+    keys = [cell_key(spec.model, backend, c, spec.device) for c in (small, large)]
+    store = SimpleNamespace(rows=[{"cell_key": keys[0], "status": "ok"}, {"cell_key": keys[1], "status": "failed"}])
+    assert plan(spec, store) == [(backend, [large])]
+    store.rows[0]["quality_error"] = "UsageError: the eval text is 1 token(s) long"
+    assert plan(spec, store) == [(backend, [small, large])]

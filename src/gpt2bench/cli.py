@@ -133,6 +133,8 @@ def run(
     store = ResultsStore(output / run_id, cell.environment, meta={"run_id": run_id, "model": cell.model.as_record()})
     store.add(cell.row, cell.samples)
     print_summary(console, cell.row, cell.sample_text, cell.details, str(store.folder), cell.samples["warnings"])
+    if cell.row.get("quality_error"):
+        raise BenchError(f"quality failed ({cell.row['quality_error']}); the speed results are saved in {store.folder}")
 
 
 @app.command()
@@ -226,8 +228,13 @@ def sweep(
             f"batch={row['batch_size']}: {row['error']}",
             markup=False,
         )
+    no_quality = [r for r in store.rows if r.get("quality_error")]
+    for row in no_quality:
+        console.print(f"  quality failed: {row['label']}: {row['quality_error']}", markup=False)
     if failed:
         raise BenchError(f"{len(failed)} of {len(store.rows)} cells failed (their rows record why)")
+    if no_quality:
+        raise BenchError(f"quality failed for {len(no_quality)} backend(s); their speed results are saved")
 
 
 @app.command()

@@ -317,6 +317,10 @@ def summary_markdown(doc: dict[str, Any], rows: list[Row], figures: list[str]) -
             f"- {r['label']} prompt {r['prompt_len']} gen {r['gen_len']} batch {r['batch_size']}: {r.get('error')}"
             for r in failed
         ]
+    no_quality = [r for r in rows if r.get("quality_error")]
+    if no_quality:
+        lines += ["", "## Quality that failed (the speed figures stand)", ""]
+        lines += [f"- {r['label']}: {r['quality_error']}" for r in no_quality]
     lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
     return "\n".join(lines) + "\n"
 

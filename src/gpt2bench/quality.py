@@ -54,6 +54,8 @@ class QualitySettings:
             raise UsageError(f"max windows must be at least 1, got {self.max_windows}")
         if not self.text.is_file():
             raise UsageError(f"eval text '{self.text}' does not exist")
+        if self.text.stat().st_size == 0:
+            raise UsageError(f"eval text '{self.text}' is empty")
 
     def window_for(self, n_positions: int) -> int:
         return self.window if self.window is not None else n_positions
@@ -121,6 +123,8 @@ def perplexity(
         tokens += n_targets
         n_bytes += int(token_bytes[targets].sum())
         count += 1
+    if tokens == 0:
+        raise UsageError(f"the eval text is {len(ids)} token(s) long; perplexity needs at least 2")
     return Perplexity(math.exp(nll_sum / tokens), nll_sum, tokens, n_bytes, count)
 
 

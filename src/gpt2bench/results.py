@@ -78,6 +78,7 @@ QUALITY_COLUMNS = [
     "agree_kl_mean",
     "agree_max_abs_logprob",
     "quality_s",
+    "quality_error",  # why quality failed; the row's speed figures stand
 ]
 # See roofline.py: weight bytes read per decoded token, achieved GB/s, share of the measured read
 # bandwidth; prefill GFLOP, achieved GFLOP/s, share of the measured peak matmul rate.

@@ -202,7 +202,8 @@ def _roofline(
 def _quality(
     backend: Any, model: Any, tokenizer: Any, settings: Any, on_step: Callable[[str, int, int], None] | None
 ) -> dict[str, Any]:
-    """Quality after speed, so it never disturbs the timed runs; its own time is recorded."""
+    """Quality after speed, so it never disturbs the timed runs; its own time is recorded. If it
+    fails, the timed runs are finished results all the same: the row keeps them, with the error."""
     import time
 
     from gpt2bench.quality import evaluate
@@ -210,7 +211,10 @@ def _quality(
     if on_step:
         on_step("quality", 0, 1)
     t0 = time.perf_counter()
-    result = evaluate(backend, model, tokenizer, settings)
+    try:
+        result = evaluate(backend, model, tokenizer, settings)
+    except Exception as exc:
+        return {"quality_error": f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]}
     return {**result.columns(), "quality_s": time.perf_counter() - t0}
 
 

@@ -138,6 +138,8 @@ def print_summary(
         )
     if not row.get("tokens_consistent", True) and row["sampling"] == "greedy":
         console.print("[yellow]greedy repetitions produced different tokens: this backend is not deterministic[/]")
+    if row.get("quality_error"):
+        console.print(f"quality failed: {row['quality_error']}", style="red", markup=False, highlight=False)
     if row.get("ppl") is not None:
         console.print(
             f"quality: perplexity {_fmt(row['ppl'])}, {_fmt(row['bits_per_byte'], 3)} bits/byte over "

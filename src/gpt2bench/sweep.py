@@ -227,7 +227,8 @@ def wants_quality(spec: SweepSpec, cell: Cell) -> bool:
 
 
 def plan(spec: SweepSpec, store: ResultsStore) -> list[tuple[BackendConfig, list[Cell]]]:
-    done = {row["cell_key"] for row in store.rows if row.get("status") == "ok"}
+    # A cell whose quality failed is measured again: --resume retries what failed.
+    done = {row["cell_key"] for row in store.rows if row.get("status") == "ok" and not row.get("quality_error")}
     return [(b, [c for c in spec.cells if cell_key(spec.model, b, c, spec.device) not in done]) for b in spec.backends]
 
 
