@@ -294,7 +294,7 @@ class QualityResult:
 
 def evaluate(backend: Backend, model: ModelRef, tokenizer: Tokenizer, settings: QualitySettings) -> QualityResult:
     """Perplexity and agreement of a loaded backend, through its own generate and logits paths."""
-    window = settings.window_for(int(model.config().get("n_positions", 1024)))
+    window = settings.window_for(model.n_positions())
     ids = eval_ids(tokenizer, settings, window)
     ppl = perplexity(
         backend.token_nll, ids, token_byte_lengths(tokenizer), window, settings.stride, settings.max_windows

@@ -98,7 +98,7 @@ class VLLMBackend(Backend):
 
             if not torch.cuda.is_available():
                 raise BenchError("--device cuda was asked for, but torch sees no CUDA device")
-        self.n_positions = int(model.config().get("n_positions", 1024))
+        self.n_positions = model.n_positions()
         self.llm = start_engine(
             model=str(model.path),
             tokenizer=str(model.path),
