@@ -474,7 +474,7 @@ def list_backends() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from gpt2bench.backends import REGISTRY
+    from gpt2bench.backends import PLUGIN_ERRORS, REGISTRY
     from gpt2bench.specs import dtype_label
 
     table = Table(title="gpt2bench backends")
@@ -490,6 +490,8 @@ def list_backends() -> None:
             info.description,
         )
     Console().print(table)
+    for error in PLUGIN_ERRORS:
+        _warn(error)
 
 
 def main() -> None:

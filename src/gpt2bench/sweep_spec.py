@@ -169,7 +169,7 @@ def _int_list(src: str, n: _Node) -> list[int]:
 
 
 def load_sweep(path: Path) -> SweepSpec:
-    from gpt2bench.backends import REGISTRY
+    from gpt2bench.backends import REGISTRY, get_backend
     from gpt2bench.specs import DEVICES, RunSpec
 
     src = str(path)
@@ -229,8 +229,10 @@ def load_sweep(path: Path) -> SweepSpec:
         if "name" not in fields:
             raise _fail(src, node, "missing 'name'")
         name = _scalar(src, fields["name"], str)
-        if name not in REGISTRY:
-            raise _fail(src, fields["name"], f"unknown backend '{name}' (valid: {', '.join(sorted(REGISTRY))})")
+        try:
+            get_backend(name)
+        except UsageError as exc:  # names the valid ones, and any plugin that failed to import
+            raise _fail(src, fields["name"], str(exc)) from None
         options = {}
         if "options" in fields:
             _mapping(src, fields["options"], set(REGISTRY[name].options) or {"<none>"})

@@ -1,5 +1,6 @@
-"""Importing this package registers every backend. Backend modules import only light modules at
-the top, so this stays cheap (no torch)."""
+"""Importing this package registers every backend: the built-in ones, then those of installed
+plugins (plugins.py). Backend modules import only light modules at the top, so this stays cheap
+(no torch)."""
 
 from gpt2bench.backends import (
     hf,  # noqa: F401  (registers hf-eager, hf-fp16-dynq, hf-int8-dynq)
@@ -7,6 +8,17 @@ from gpt2bench.backends import (
     static_kv,  # noqa: F401  (registers static-kv, static-kv-eager)
     vllm,  # noqa: F401  (registers vllm)
 )
-from gpt2bench.backends.base import REGISTRY, Backend, BackendInfo, BackendSettings, get_backend, register
+from gpt2bench.backends.base import (
+    PLUGIN_ERRORS,
+    REGISTRY,
+    Backend,
+    BackendInfo,
+    BackendSettings,
+    get_backend,
+    register,
+)
+from gpt2bench.backends.plugins import load_plugins
 
-__all__ = ["REGISTRY", "Backend", "BackendInfo", "BackendSettings", "get_backend", "register"]
+PLUGIN_ERRORS.extend(load_plugins())
+
+__all__ = ["PLUGIN_ERRORS", "REGISTRY", "Backend", "BackendInfo", "BackendSettings", "get_backend", "register"]

@@ -129,6 +129,7 @@ class BackendInfo:
 
 
 REGISTRY: dict[str, BackendInfo] = {}
+PLUGIN_ERRORS: list[str] = []  # plugins that failed to import (plugins.py)
 
 
 def register(
@@ -155,4 +156,5 @@ def get_backend(name: str) -> BackendInfo:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise UsageError(f"unknown backend '{name}' (valid: {', '.join(sorted(REGISTRY))})") from None
+        broken = f"; {'; '.join(PLUGIN_ERRORS)}" if PLUGIN_ERRORS else ""
+        raise UsageError(f"unknown backend '{name}' (valid: {', '.join(sorted(REGISTRY))}){broken}") from None
