@@ -474,13 +474,13 @@ def list_backends() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from gpt2bench.backends import PLUGIN_ERRORS, REGISTRY
+    from gpt2bench.backends import all_backends, plugin_errors
     from gpt2bench.specs import dtype_label
 
     table = Table(title="gpt2bench backends")
     for col in ("backend", "available", "devices", "dtypes", "description"):
         table.add_column(col)
-    for name, info in sorted(REGISTRY.items()):
+    for name, info in sorted(all_backends().items()):
         reason = info.unavailable_reason()
         table.add_row(
             name,
@@ -490,7 +490,7 @@ def list_backends() -> None:
             info.description,
         )
     Console().print(table)
-    for error in PLUGIN_ERRORS:
+    for error in plugin_errors():
         _warn(error)
 
 

@@ -169,7 +169,7 @@ def _int_list(src: str, n: _Node) -> list[int]:
 
 
 def load_sweep(path: Path) -> SweepSpec:
-    from gpt2bench.backends import REGISTRY, get_backend
+    from gpt2bench.backends import get_backend
     from gpt2bench.specs import DEVICES, RunSpec
 
     src = str(path)
@@ -235,7 +235,7 @@ def load_sweep(path: Path) -> SweepSpec:
             raise _fail(src, fields["name"], str(exc)) from None
         options = {}
         if "options" in fields:
-            _mapping(src, fields["options"], set(REGISTRY[name].options) or {"<none>"})
+            _mapping(src, fields["options"], set(get_backend(name).options) or {"<none>"})
             options = yaml.safe_load(yaml.serialize(fields["options"].node)) or {}
         config = BackendConfig(
             name,

@@ -1,6 +1,6 @@
-"""Importing this package registers every backend: the built-in ones, then those of installed
-plugins (plugins.py). Backend modules import only light modules at the top, so this stays cheap
-(no torch)."""
+"""Importing this package registers every built-in backend; other packages' backends (plugins.py)
+are imported only when a name is not built in or every backend is listed. Backend modules import
+only light modules at the top, so this stays cheap (no torch)."""
 
 from gpt2bench.backends import (
     hf,  # noqa: F401  (registers hf-eager, hf-fp16-dynq, hf-int8-dynq)
@@ -9,16 +9,23 @@ from gpt2bench.backends import (
     vllm,  # noqa: F401  (registers vllm)
 )
 from gpt2bench.backends.base import (
-    PLUGIN_ERRORS,
     REGISTRY,
     Backend,
     BackendInfo,
     BackendSettings,
+    all_backends,
     get_backend,
+    plugin_errors,
     register,
 )
-from gpt2bench.backends.plugins import load_plugins
 
-PLUGIN_ERRORS.extend(load_plugins())
-
-__all__ = ["PLUGIN_ERRORS", "REGISTRY", "Backend", "BackendInfo", "BackendSettings", "get_backend", "register"]
+__all__ = [
+    "REGISTRY",
+    "Backend",
+    "BackendInfo",
+    "BackendSettings",
+    "all_backends",
+    "get_backend",
+    "plugin_errors",
+    "register",
+]

@@ -129,7 +129,25 @@ class BackendInfo:
 
 
 REGISTRY: dict[str, BackendInfo] = {}
-PLUGIN_ERRORS: list[str] = []  # plugins that failed to import (plugins.py)
+_plugin_errors: list[str] | None = None  # None until plugins are imported
+
+
+def plugin_errors() -> list[str]:
+    """Import other packages' backends, once: only when they are asked for, since scanning the
+    installed distributions costs ~50 ms, which every cold start would otherwise pay. One line per
+    plugin that failed to import."""
+    global _plugin_errors
+    if _plugin_errors is None:
+        from gpt2bench.backends.plugins import load_plugins
+
+        _plugin_errors = []  # set first: a plugin's own import of this package must not recurse
+        _plugin_errors.extend(load_plugins())
+    return _plugin_errors
+
+
+def all_backends() -> dict[str, BackendInfo]:
+    plugin_errors()
+    return REGISTRY
 
 
 def register(
@@ -153,8 +171,9 @@ def register(
 
 
 def get_backend(name: str) -> BackendInfo:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        broken = f"; {'; '.join(PLUGIN_ERRORS)}" if PLUGIN_ERRORS else ""
-        raise UsageError(f"unknown backend '{name}' (valid: {', '.join(sorted(REGISTRY))}){broken}") from None
+    if name not in REGISTRY:
+        errors = plugin_errors()
+        if name not in REGISTRY:
+            broken = f"; {'; '.join(errors)}" if errors else ""
+            raise UsageError(f"unknown backend '{name}' (valid: {', '.join(sorted(REGISTRY))}){broken}")
+    return REGISTRY[name]
