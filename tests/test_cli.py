@@ -268,6 +268,26 @@ def test_failed_quality_keeps_the_timed_runs(tmp_path, tiny_model_dir):
     assert row.get("ppl") is None and "perplexity needs at least 2" in row["quality_error"]
 
 
+def test_ctrl_c_during_quality_keeps_the_timed_runs(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    import gpt2bench.quality
+    from gpt2bench.cli import main
+
+    def interrupted(*_args):  # Ctrl-C arriving while quality runs, after the timed repetitions
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpt2bench.quality, "evaluate", interrupted)
+    out = tmp_path / "out"
+    args = ["--model", str(tiny_model_dir), "--gen-len", "3", "--repeats", "2", "--warmup", "0", "--quality"]
+    monkeypatch.setattr(sys, "argv", ["gpt2bench", "run", "--backend", "hf-eager", *args, "--output", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 130
+    assert "interrupted during quality; the speed results are saved in" in capsys.readouterr().err
+    (run_dir,) = out.iterdir()
+    (row,) = json.loads((run_dir / "results.json").read_text())["rows"]
+    assert row["tokens_per_run"] == 3 and row["tpot_ms_median"] > 0 and row["quality_error"].startswith("interrupted")
+
+
 def test_an_empty_eval_text_is_refused_before_loading(tmp_path):
     text = tmp_path / "empty.txt"
     text.write_text("")

@@ -107,7 +107,7 @@ def run(
     spec.validate()
 
     from gpt2bench.results import ResultsStore, new_run_id
-    from gpt2bench.runner import prepare_output, run_cell
+    from gpt2bench.runner import QUALITY_INTERRUPTED, prepare_output, run_cell
     from gpt2bench.summary import print_summary
 
     prepare_output(output)
@@ -133,6 +133,9 @@ def run(
     store = ResultsStore(output / run_id, cell.environment, meta={"run_id": run_id, "model": cell.model.as_record()})
     store.add(cell.row, cell.samples)
     print_summary(console, cell.row, cell.sample_text, cell.details, str(store.folder), cell.samples["warnings"])
+    if cell.row.get("quality_error") == QUALITY_INTERRUPTED:
+        print(f"interrupted during quality; the speed results are saved in {store.folder}", file=sys.stderr)
+        sys.exit(130)
     if cell.row.get("quality_error"):
         raise BenchError(f"quality failed ({cell.row['quality_error']}); the speed results are saved in {store.folder}")
 

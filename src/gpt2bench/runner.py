@@ -14,6 +14,8 @@ from gpt2bench.errors import UsageError
 from gpt2bench.fsutil import check_writable
 from gpt2bench.specs import RunSpec, oversubscription
 
+QUALITY_INTERRUPTED = "interrupted (Ctrl-C) before quality finished"
+
 
 def quiet_libraries() -> None:
     """Progress bars and info logs from transformers/hub would interleave with our output."""
@@ -213,6 +215,8 @@ def _quality(
     t0 = time.perf_counter()
     try:
         result = evaluate(backend, model, tokenizer, settings)
+    except KeyboardInterrupt:  # Ctrl-C: the caller saves the timed runs, then stops
+        return {"quality_error": QUALITY_INTERRUPTED}
     except Exception as exc:
         return {"quality_error": f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]}
     return {**result.columns(), "quality_s": time.perf_counter() - t0}
