@@ -133,3 +133,17 @@ def test_cpu_contention_counts_the_timed_runs_not_the_probe_between_them(tokeniz
     if math.isnan(m.contention.other_cpu_s):
         pytest.skip("no /proc/stat here")
     assert m.contention.other_cpu_s < 0.3  # three probes burned ~1.2 CPU-s outside the timed runs
+
+
+def test_a_session_starts_one_probe_helper_for_all_its_cells():
+    from types import SimpleNamespace
+
+    from gpt2bench.runner import Session
+
+    closed = []
+    session = Session(SimpleNamespace(close=lambda: closed.append(True)), None, None, None)
+    probe = session.probe(1)
+    assert session.probe(1) is probe and probe() > 0  # a sweep worker's second cell reuses the helper
+    helper = probe.proc
+    session.close()
+    assert helper.poll() == 0 and closed == [True]  # the helper ended with the session

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -42,8 +41,20 @@ class Session:
     model: Any
     tokenizer: Any
     load: Any
+    _probe: Any = None
+
+    def probe(self, threads: int) -> Any:
+        """The bandwidth probe's helper process, started once for all the session's cells (each
+        start imports torch, ~1.5 s); it waits on a pipe, using no CPU, between probes."""
+        if self._probe is None:
+            from gpt2bench.probe import BandwidthProbe
+
+            self._probe = BandwidthProbe(threads).__enter__()
+        return self._probe
 
     def close(self) -> None:
+        if self._probe is not None:
+            self._probe.__exit__(None, None, None)
         self.backend.close()
 
 
@@ -94,7 +105,6 @@ def measure_cell(
 ) -> CellResult:
     """Measure one (prompt, gen, batch) cell with an open session; `spec` names the cell."""
     from gpt2bench.harness import measure
-    from gpt2bench.probe import BandwidthProbe
     from gpt2bench.prompts import make_prompts
     from gpt2bench.sysinfo import environment
 
@@ -102,8 +112,8 @@ def measure_cell(
     backend, model, tokenizer, load = session.backend, session.model, session.tokenizer, session.load
     check_fits(spec, model)
     prompts = make_prompts(tokenizer, spec.prompt_len, spec.batch_size)
-    with BandwidthProbe(spec.threads) if spec.probe_bandwidth else contextlib.nullcontext() as probe:
-        m = measure(backend, prompts, spec.gen_len, spec.sampling, spec.warmup, spec.repeats, on_step, probe)
+    probe = session.probe(spec.threads) if spec.probe_bandwidth else None
+    m = measure(backend, prompts, spec.gen_len, spec.sampling, spec.warmup, spec.repeats, on_step, probe)
     details = backend.describe()
     quality = _quality(backend, model, tokenizer, spec.quality, on_step) if spec.quality is not None else {}
 
