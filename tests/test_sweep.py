@@ -162,6 +162,24 @@ def test_quick_sweep_writes_every_cell_and_a_failing_backend_stays_contained(tmp
         assert len(fh.readlines()) == 7
 
 
+def test_a_worker_that_dies_while_loading_fails_only_its_backend_when_interleaved(tmp_path, tiny_model_dir):
+    # A native library that takes the process down at import (a segfault, an abort): no
+    # load_failed message ever comes, only the worker's death.
+    shim = tmp_path / "shim"
+    (shim / "onnxruntime").mkdir(parents=True)
+    (shim / "onnxruntime" / "__init__.py").write_text("import os\nos._exit(3)\n")
+    out = tmp_path / "out"
+    config = _write(
+        tmp_path, BASE.format(out=out, model=tiny_model_dir) + "backends:\n  - name: onnx\n  - name: hf-eager\n"
+    )
+    pythonpath = os.pathsep.join(p for p in (str(shim), os.environ.get("PYTHONPATH", "")) if p)
+    proc = run_cli("sweep", str(config), "--interleave", env={"PYTHONPATH": pythonpath})
+    assert proc.returncode == 1 and "internal error" not in proc.stderr, proc.stderr
+    rows = _rows(out)
+    assert {(r["label"], r["status"]) for r in rows} == {("onnx", "failed"), ("hf-eager", "ok")}
+    assert all("worker exited with code 3" in r["error"] for r in rows if r["status"] == "failed")
+
+
 def test_a_model_that_cannot_be_had_fails_the_sweep_once_before_any_worker(tmp_path):
     out = tmp_path / "out"
     config = _write(
