@@ -81,7 +81,11 @@ def test_cpu_config_has_the_study_grid_and_headline():
         ),
         (
             "output: x\nprompt_lens: [1]\ngen_lens: [1]\nrepeats: many\nbackends: [{name: hf-eager}]\n",
-            "repeats: expected a int",
+            "repeats: expected an integer, got 'many'",
+        ),
+        (
+            "output: x\nprompt_lens: [1]\ngen_lens: [1]\ncell_timeout_s: -5\nbackends: [{name: hf-eager}]\n",
+            ":4: cell_timeout_s: must be more than 0 seconds, got -5",
         ),
         ("output: x\nprompt_lens: [1]\ngen_lens: [1]\n", "missing required key 'backends'"),
         (
@@ -109,7 +113,7 @@ def test_cpu_config_has_the_study_grid_and_headline():
         ),
         (
             "output: x\nprobe_bandwidth: sometimes\nprompt_lens: [1]\ngen_lens: [1]\nbackends: [{name: hf-eager}]\n",
-            ":2: probe_bandwidth: expected a bool",
+            ":2: probe_bandwidth: expected true or false",
         ),
     ],
 )

@@ -140,16 +140,20 @@ def _mapping(src: str, n: _Node, allowed: set[str]) -> dict[str, _Node]:
     return out
 
 
+KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
 def _scalar(src: str, n: _Node, kind: type, nullable: bool = False) -> Any:
+    expected = KIND_NAMES.get(kind, f"a {kind.__name__}")
     if not isinstance(n.node, yaml.ScalarNode):
-        raise _fail(src, n, f"expected a {kind.__name__}")
+        raise _fail(src, n, f"expected {expected}")
     value = yaml.safe_load(yaml.serialize(n.node))
     if value is None and nullable:
         return None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise _fail(src, n, f"expected a {kind.__name__}, got {value!r}")
+        raise _fail(src, n, f"expected {expected}, got {value!r}")
     return value
 
 
@@ -157,6 +161,13 @@ def _positive_int(src: str, n: _Node, minimum: int = 1) -> int:
     value = _scalar(src, n, int)
     if value < minimum:
         raise _fail(src, n, f"must be at least {minimum}, got {value}")
+    return value
+
+
+def _positive_seconds(src: str, n: _Node) -> float:
+    value = _scalar(src, n, float)
+    if not value > 0:
+        raise _fail(src, n, f"must be more than 0 seconds, got {value:g}")
     return value
 
 
@@ -284,7 +295,7 @@ def load_sweep(path: Path) -> SweepSpec:
         warmup=_positive_int(src, get("warmup"), minimum=0) if "warmup" in top else 2,
         interleave=_scalar(src, get("interleave"), bool) if "interleave" in top else False,
         probe_bandwidth=probe_bandwidth,
-        cell_timeout_s=_scalar(src, get("cell_timeout_s"), float) if "cell_timeout_s" in top else 1800.0,
+        cell_timeout_s=_positive_seconds(src, get("cell_timeout_s")) if "cell_timeout_s" in top else 1800.0,
         quality=quality,
         source=src,
     )
