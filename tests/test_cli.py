@@ -49,6 +49,9 @@ def test_help_and_backends_do_not_import_torch():
         (["--backend", "hf-eager", "--quality", "--ppl-window", "2000"], ["perplexity window must be in [2, 1024]"]),
         (["--backend", "hf-eager", "--quality", "--ppl-stride", "0"], ["stride must be in [1, window]"]),
         (["--backend", "onnx-int8", "--option", "weight_type=int4"], ["weight_type must be QInt8 or QUInt8"]),
+        (["--backend", "onnx", "--option", "rebuild=maybe"], ["rebuild must be true or false, got 'maybe'"]),
+        (["--backend", "hf-eager", "--option", "compile=yes please"], ["compile must be true or false"]),
+        (["--backend", "hf-eager", "--quality", "--ppl-max-windows", "-3"], ["ppl-max-windows must be >= 0"]),
         (["--backend", "hf-eager", "--device", "cuda", "--probe-bandwidth"], ["probe-bandwidth", "--device cpu"]),
     ],
 )
@@ -391,3 +394,7 @@ def test_env_names_the_cpu_and_says_which_arithmetic_has_no_roof(tmp_path):
     assert "no native bf16 matmul here (torch's fallback loop: 1.4 GFLOP/s" in lines["peak bf16"]
     assert lines["peak int8"].endswith("not available")  # neither kernel ran (the GOP/s unit: test_roofline)
     assert "huggingface-hub  " in proc.stdout  # the longest package name keeps a gap before its version
+
+
+def test_env_refuses_zero_threads():
+    _one_line_error(run_cli("env", "--threads", "0"), 2, "threads must be at least 1, got 0")

@@ -87,6 +87,8 @@ def run(
         from gpt2bench.paths import DEFAULT_TEXT
         from gpt2bench.quality import QualitySettings
 
+        if ppl_max_windows < 0:
+            raise UsageError(f"ppl-max-windows must be >= 0 (0 = the whole text), got {ppl_max_windows}")
         quality_settings = QualitySettings(ppl_window, ppl_stride, ppl_max_windows or None, eval_text or DEFAULT_TEXT)
     spec = RunSpec(
         backend=backend,
@@ -296,6 +298,8 @@ def env(
     refresh: Annotated[bool, typer.Option(help="Measure the roofs again instead of using the cache.")] = False,
 ) -> None:
     """Machine report (CPU, cores, memory, GPU, library versions) and its measured roofs."""
+    if threads is not None and threads < 1:
+        raise UsageError(f"threads must be at least 1, got {threads}")
     import torch  # the report includes torch's view of the machine, and the roofs need it
 
     from gpt2bench.roofline import machine_roofs, rate_unit

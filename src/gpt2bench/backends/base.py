@@ -31,6 +31,13 @@ class BackendSettings:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+def check_bool_options(options: dict[str, Any], *keys: str) -> None:
+    """Switches must be YAML/--option booleans: "rebuild=maybe" would otherwise read as true."""
+    for key in keys:
+        if key in options and not isinstance(options[key], bool):
+            raise UsageError(f"{key} must be true or false, got '{options[key]}'")
+
+
 class Backend(ABC):
     """Implementations keep heavy imports (torch, onnxruntime, vllm) inside their methods, so
     that listing backends or plotting results never pays for them."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gpt2bench.backends.base import Backend, BackendSettings, register
+from gpt2bench.backends.base import Backend, BackendSettings, check_bool_options, register
 from gpt2bench.backends.torch_common import TorchDevice, make_generator, select_next, torch_device, torch_dtype
 
 if TYPE_CHECKING:
@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     options=("compile",),
 )
 class HFEager(TorchDevice, Backend):
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        check_bool_options(options, "compile")
+
     def load(self, model: ModelRef, settings: BackendSettings) -> dict[str, float]:
         from transformers import GPT2LMHeadModel
 

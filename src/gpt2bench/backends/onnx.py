@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from gpt2bench.backends.base import Backend, BackendSettings, register
+from gpt2bench.backends.base import Backend, BackendSettings, check_bool_options, register
 from gpt2bench.errors import BenchError, UsageError
 from gpt2bench.sampling import make_rng, select_next
 
@@ -53,6 +53,7 @@ class _OrtBackend(Backend):
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
+        check_bool_options(options, "rebuild")
         level = str(options.get("ort_opt_level", "all"))
         if level not in OPT_LEVELS:
             raise UsageError(f"ort_opt_level must be one of {', '.join(OPT_LEVELS)}, got '{level}'")
@@ -221,8 +222,7 @@ class OnnxInt8Backend(_OrtBackend):
         super().check_options(options)
         if str(options.get("weight_type", DEFAULT_WEIGHT_TYPE)) not in ("QInt8", "QUInt8"):
             raise UsageError(f"weight_type must be QInt8 or QUInt8, got '{options['weight_type']}'")
-        if not isinstance(options.get("per_channel", DEFAULT_PER_CHANNEL), bool):
-            raise UsageError(f"per_channel must be true or false, got '{options['per_channel']}'")
+        check_bool_options(options, "per_channel")
 
     def _build_options(self, settings: BackendSettings) -> dict[str, Any]:
         self.check_options(settings.options)
