@@ -103,6 +103,28 @@ def test_exit_codes(tmp_path):
     assert bad.returncode == 1 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
     unknown = run_cli("compare", str(tmp_path / "base"), str(tmp_path / "same"), "--metric", "speed")
     assert unknown.returncode == 2 and "unknown metric 'speed'" in unknown.stderr
+    # A gate must not pass what it did not check: a baseline row the new run lacks fails it.
+    (tmp_path / "less").mkdir()
+    (tmp_path / "less" / "results.json").write_text(json.dumps(doc({("onnx-int8", 8): TIGHT})))
+    less = run_cli("compare", str(tmp_path / "base"), str(tmp_path / "less"))
+    assert less.returncode == 1 and "1 baseline comparison(s) missing from the new run" in less.stderr
+    assert run_cli("compare", str(tmp_path / "base"), str(tmp_path / "less"), "--allow-missing").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"threshold": -1}, "thresholds must be >= 0"),
+        ({"quality_threshold": -0.1}, "thresholds must be >= 0"),
+        ({"alpha": 2}, "alpha must be between 0 and 1"),
+        ({"normalize": "hf-eager"}, "--normalize hf-eager: the baseline has no hf-eager rows"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs, message):
+    from gpt2bench.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        compare(doc({("onnx", 8): TIGHT}), doc({("onnx", 8): TIGHT}), **kwargs)
 
 
 def test_runs_on_different_cpus_are_flagged():

@@ -267,8 +267,12 @@ def compare(
     normalize: Annotated[
         str | None, typer.Option(help="Reference backend measured in the same run, e.g. hf-eager.")
     ] = None,
+    allow_missing: Annotated[
+        bool, typer.Option(help="Do not fail when baseline rows are missing from the new run.")
+    ] = False,
 ) -> None:
-    """Compare two results folders; exit 1 on a significant regression beyond the threshold."""
+    """Compare two results folders; exit 1 on a significant regression beyond the threshold, or on
+    baseline rows the new run does not have (a gate must not pass what it did not check)."""
     from gpt2bench.compare import DEFAULT_METRICS, REGRESSIONS, load, machine_note, markdown, power_note
     from gpt2bench.compare import compare as run_compare
 
@@ -288,6 +292,10 @@ def compare(
     )
     if bad:
         raise typer.Exit(1)
+    if missing and not allow_missing:
+        raise BenchError(
+            f"{len(missing)} baseline comparison(s) missing from the new run (--allow-missing to accept that)"
+        )
 
 
 @app.command()

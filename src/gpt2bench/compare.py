@@ -118,7 +118,14 @@ def compare(
     for metric in metrics:
         if metric not in SPEED_METRICS:
             raise UsageError(f"unknown metric '{metric}' (choose from: {', '.join(SPEED_METRICS)})")
+    if threshold < 0 or quality_threshold < 0:
+        raise UsageError(f"thresholds must be >= 0, got {min(threshold, quality_threshold)}")
+    if not 0 < alpha < 1:
+        raise UsageError(f"alpha must be between 0 and 1, got {alpha}")
     base, cand = _samples(baseline), _samples(new)
+    for table, which in ((base, "baseline"), (cand, "new run")):
+        if normalize and not any(k[0] == normalize and k[1:3] == ("fp32", "{}") for k in table):
+            raise UsageError(f"--normalize {normalize}: the {which} has no {normalize} rows (fp32, no options)")
     verdicts: list[Verdict] = []
     for key in list(base) + [k for k in cand if k not in base]:
         if key not in cand or key not in base:
