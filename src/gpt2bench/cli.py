@@ -244,13 +244,18 @@ def sweep(
 
 @app.command()
 def plot(
-    folder: Annotated[Path, typer.Argument(help="A results folder (from run or sweep).")],
+    folder: Annotated[
+        Path, typer.Argument(help="A results folder (from run or sweep), or a folder of them, e.g. results/.")
+    ],
     out: Annotated[Path | None, typer.Option(help="Where to write figures (default: the results folder).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Only this model's results (its --model name or weights hash).")
+    ] = None,
 ) -> None:
     """PNG figures and summary.md from a results folder (never imports torch)."""
     from gpt2bench.plot import plot as make_plots
 
-    for path in make_plots(folder, out):
+    for path in make_plots(folder, out, model):
         print(path)
 
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from gpt2bench.collect import read_results
 from gpt2bench.errors import UsageError
-from gpt2bench.results import read_document
 from gpt2bench.sysinfo import cpu_label
 
 # metric -> True when lower is better
@@ -197,4 +197,4 @@ def machine_note(baseline: dict[str, Any], new: dict[str, Any]) -> str | None:
 
 
 def load(folder: Path) -> dict[str, Any]:
-    return read_document(folder, ("backend", "prompt_len", "gen_len", "batch_size"))
+    return read_results(folder, ("backend", "prompt_len", "gen_len", "batch_size"))

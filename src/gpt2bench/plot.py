@@ -15,7 +15,7 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from gpt2bench.results import read_document
+from gpt2bench.collect import read_results
 from gpt2bench.sysinfo import cpu_label
 
 Row = dict[str, Any]
@@ -273,6 +273,12 @@ def summary_markdown(doc: dict[str, Any], rows: list[Row], figures: list[str]) -
         f"{env.get('gpt2bench_version', '?')} at {(env.get('git') or {}).get('commit')}.",
         "",
     ]
+    if combined := doc.get("combined"):
+        lines += [
+            f"Combined from {combined['folders']} results folders (commits {', '.join(combined['commits'])}); "
+            f"{combined['superseded']} earlier measurement(s) of a configuration measured again were left out.",
+            "",
+        ]
     warned = run_warnings(doc)
     if warned:
         lines += ["## Warnings", ""]
@@ -341,8 +347,8 @@ def build_figures(doc: dict[str, Any]) -> dict[str, Figure]:
     return {name: fig for name, fig in candidates.items() if fig is not None}
 
 
-def plot(folder: Path, out: Path | None = None) -> list[Path]:
-    doc = read_document(folder, REQUIRED)
+def plot(folder: Path, out: Path | None = None, model: str | None = None) -> list[Path]:
+    doc = read_results(folder, REQUIRED, model)
     out = out or folder
     out.mkdir(parents=True, exist_ok=True)
     figures = build_figures(doc)
