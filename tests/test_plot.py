@@ -102,6 +102,18 @@ def test_perplexity_and_pareto_front(figures):
     np.testing.assert_allclose(front.get_ydata(), [31.5, 30.0])
 
 
+def test_headline_cell_is_the_one_most_backends_share():
+    from gpt2bench.plot import headline_cell
+
+    def row(label, prompt, gen):
+        return {"label": label, "prompt_len": prompt, "gen_len": gen, "batch_size": 1}
+
+    both = [row("a", 50, 100), row("b", 50, 100), row("a", 8, 16), row("b", 8, 16)]
+    assert headline_cell(both) == (50, 100, 1)  # 50/100/1 among equals
+    lone = [row("a", 50, 100), row("a", 8, 16), row("b", 8, 16)]
+    assert headline_cell(lone) == (8, 16, 1)  # not a headline only one backend has
+
+
 def test_pareto_front_definition():
     points = [(1, 5, "a"), (2, 4, "b"), (3, 4.5, "c"), (4, 1, "d"), (5, 1, "e")]
     assert [p[2] for p in pareto_front(points)] == ["a", "b", "d"]

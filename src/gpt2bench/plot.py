@@ -58,11 +58,10 @@ def labels(rows: list[Row]) -> list[str]:
 
 
 def headline_cell(rows: list[Row]) -> tuple[int, int, int]:
-    """(prompt, gen, batch): 50/100/1 when measured, else the cell the most backends share."""
+    """(prompt, gen, batch): the cell the most backends share, 50/100/1 among equals (a folder of
+    runs may hold 50/100/1 for one backend and another cell for all of them)."""
     cells = Counter((r["prompt_len"], r["gen_len"], r["batch_size"]) for r in rows)
-    if HEADLINE in cells:
-        return HEADLINE
-    return max(cells, key=lambda c: (cells[c], c[1], c[0]))
+    return max(cells, key=lambda c: (cells[c], c == HEADLINE, c[1], c[0]))
 
 
 def _at(rows: list[Row], cell: tuple[int, int, int]) -> list[Row]:
@@ -78,7 +77,9 @@ def _caption(fig: Figure, doc: dict[str, Any], rows: list[Row]) -> None:
     env = doc.get("environment", {})
     first = rows[0]
     commit = ((env.get("git") or {}).get("commit") or "")[:12]
-    model = f"model {first.get('model')} ({first.get('weights')}, {first.get('model_hash')})"
+    name = str(first.get("model"))
+    name = Path(name).name if "/" in name else name  # a local folder's full path would run off the figure
+    model = f"model {name} ({first.get('weights')}, {first.get('model_hash')})"
     text = (
         f"{model} | {cpu_label(env)} | {first.get('threads')} threads | "
         f"gpt2bench {env.get('gpt2bench_version', '?')} {commit}"
