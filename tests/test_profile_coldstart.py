@@ -35,6 +35,16 @@ def test_coldstart_command_prints_and_records_every_process(tmp_path, tiny_model
     assert env["git"]["commit"] and env["cpu"]["isa"] is not None  # recorded like every result
 
 
+def test_coldstart_checks_the_model_before_starting_processes(tmp_path):
+    from gpt2bench.models import build_random_model
+
+    short = build_random_model(tmp_path / "short", n_layer=1, n_head=2, n_embd=32, n_positions=4)
+    proc = run_cli("coldstart", "--backend", "hf-eager", "--model", str(short), "--output", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "prompt-len + gen-len = 9 exceeds this model's 4-token context" in proc.stderr
+    missing = run_cli("coldstart", "--backend", "hf-eager", "--model", str(tmp_path / "nope"))
+    assert missing.returncode == 1 and missing.stderr.strip().count("\n") == 0 and "does not exist" in missing.stderr
+
+
 def test_coldstart_refuses_an_unwritable_output_before_starting_processes(tmp_path, tiny_model_dir):
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -365,8 +365,9 @@ def coldstart(
     """Time from a fresh process's start to its first token: interpreter, imports, load, first token."""
     from gpt2bench.coldstart import PARTS, document, measure
     from gpt2bench.fsutil import atomic_write_text
+    from gpt2bench.models import resolve_model
     from gpt2bench.results import new_run_id
-    from gpt2bench.runner import prepare_output
+    from gpt2bench.runner import check_fits, prepare_output
     from gpt2bench.specs import RunSpec, default_threads
     from gpt2bench.sysinfo import environment
 
@@ -383,12 +384,14 @@ def coldstart(
     )
     spec.validate()
     prepare_output(output)
-    runs, loaded = [], None
-    for _ in range(repeats):
-        run, loaded = measure(backend, model, device, dtype, threads, prompt_len)
-        runs.append(run)
-    if loaded["fallback_reason"]:
-        _warn(f"{loaded['fallback_reason']}. The children fell back to --model random (GPT-2 124M shapes).")
+    # Resolved here, once: the children load from the local folder, as a deployment loads weights
+    # from disk, so no child's load time holds a Hub lookup, an offline fallback or tiny's training.
+    ref = resolve_model(model)
+    if fallback := ref.fallback_warning():
+        _warn(fallback)
+    check_fits(spec, ref)
+    runs = [measure(backend, str(ref.path), device, dtype, threads, prompt_len)[0] for _ in range(repeats)]
+    loaded = ref.as_record()
     doc = document(runs, loaded, spec.as_record(), environment())
     folder = output / new_run_id(f"coldstart-{backend}")
     folder.mkdir(parents=True)
