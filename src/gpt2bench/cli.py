@@ -390,7 +390,7 @@ def coldstart(
     if fallback := ref.fallback_warning():
         _warn(fallback)
     check_fits(spec, ref)
-    runs = [measure(backend, str(ref.path), device, dtype, threads, prompt_len)[0] for _ in range(repeats)]
+    runs = [measure(backend, str(ref.path), device, dtype, threads, prompt_len) for _ in range(repeats)]
     loaded = ref.as_record()
     doc = document(runs, loaded, spec.as_record(), environment())
     folder = output / new_run_id(f"coldstart-{backend}")

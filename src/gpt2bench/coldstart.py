@@ -40,17 +40,14 @@ def parts(spawn: float, stamps: dict[str, float], exited: float = float("nan")) 
     )
 
 
-def measure(
-    backend: str, model: str | None, device: str, dtype: str, threads: int, prompt_len: int
-) -> tuple[ColdStart, dict[str, Any]]:
-    """One fresh process's parts, and the child's word on the model it loaded (its record, and why
-    it fell back to random weights if it did)."""
+def measure(backend: str, model: str, device: str, dtype: str, threads: int, prompt_len: int) -> ColdStart:
+    """One fresh process's parts; `model` is the local folder the parent resolved."""
     args = [
         sys.executable,
         "-m",
         "gpt2bench.coldstart",
         backend,
-        model or "",
+        model,
         device,
         dtype,
         str(threads),
@@ -62,8 +59,7 @@ def measure(
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
         raise BenchError(f"cold-start child failed: {lines[-1] if lines else proc.returncode}")
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    return parts(spawn, report["stamps"], exited), report["model"]
+    return parts(spawn, json.loads(proc.stdout.strip().splitlines()[-1]), exited)
 
 
 def document(runs: list[ColdStart], model: dict[str, Any], spec: dict[str, Any], env: dict[str, Any]) -> dict:
@@ -104,7 +100,7 @@ def child(argv: list[str]) -> None:
     from gpt2bench.models import load_tokenizer, resolve_model
     from gpt2bench.specs import Sampling
 
-    model = resolve_model(model_ref or None)
+    model = resolve_model(model_ref)
     backend = info.create()
     settings = BackendSettings(device, dtype, int(threads))
     backend.prepare(model, settings)
@@ -116,8 +112,7 @@ def child(argv: list[str]) -> None:
     next(iter(backend.generate(ids, 1, Sampling())))
     backend.synchronize()
     first = time.monotonic()
-    stamps = {"main": main, "imported": imported, "loaded": loaded, "first_token": first}
-    print(json.dumps({"stamps": stamps, "model": model.as_record()}))
+    print(json.dumps({"main": main, "imported": imported, "loaded": loaded, "first_token": first}))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,11 @@
 """Errors the CLI turns into one line on stderr and an exit code, never a traceback."""
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as the single line a results row or a worker message records."""
+    return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
+
+
 class BenchError(Exception):
     """A failure the user can act on (model not found, unwritable output...). Exit code 1."""
 

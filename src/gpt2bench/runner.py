@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpt2bench.errors import UsageError
+from gpt2bench.errors import UsageError, one_line
 from gpt2bench.fsutil import check_writable
 from gpt2bench.specs import RunSpec, oversubscription
 
@@ -228,7 +228,7 @@ def _quality(
     except KeyboardInterrupt:  # Ctrl-C: the caller saves the timed runs, then stops
         return {"quality_error": QUALITY_INTERRUPTED}
     except Exception as exc:
-        return {"quality_error": f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]}
+        return {"quality_error": one_line(exc)}
     return {**result.columns(), "quality_s": time.perf_counter() - t0}
 
 

@@ -244,9 +244,9 @@ def _command(spec: SweepSpec, backend: BackendConfig, cell: Cell, warmup: int, r
 
 
 def _announce(hello: dict[str, Any], warn: Warn) -> None:
-    """A worker's load warnings (model fallback, emulated arithmetic, oversubscribed threads); its
-    stderr is only shown when it dies. `warn` is expected to drop repeats: every worker of a sweep
-    resolves the same model on the same machine."""
+    """A worker's load warnings (emulated arithmetic, oversubscribed threads); its stderr is only
+    shown when it dies. `warn` is expected to drop repeats: every worker of a sweep runs on the
+    same machine, and the parent has said some of them already."""
     for message in hello.get("warnings", []):
         warn(message)
 

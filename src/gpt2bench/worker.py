@@ -19,9 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
+from gpt2bench.errors import one_line
 
 
 def main() -> int:
@@ -45,7 +43,7 @@ def main() -> int:
     try:
         session = open_session(base, warnings.append, check_cell=False)
     except Exception as exc:  # reported for every cell by the parent
-        send({"event": "load_failed", "error": _one_line(exc), "warnings": warnings})
+        send({"event": "load_failed", "error": one_line(exc), "warnings": warnings})
         return 1
     send({"event": "ready", "warnings": warnings})
     for line in sys.stdin:
@@ -62,7 +60,7 @@ def main() -> int:
             send({"event": "row", "row": result.row, "samples": result.samples})
         except Exception as exc:
             traceback.print_exc(file=sys.stderr)
-            send({"event": "failed", "error": _one_line(exc)})
+            send({"event": "failed", "error": one_line(exc)})
     session.close()
     return 0
 
