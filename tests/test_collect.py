@@ -59,6 +59,17 @@ def test_one_label_over_two_configurations_is_told_apart(tmp_path):
     assert labels == ["hf-eager", "onnx-int8 (default options)", "onnx-int8 (per_channel=False)"]
 
 
+def test_rebuilding_the_artifacts_is_the_same_configuration(tmp_path):
+    # rebuild=true only exported the ONNX files again: its run replaces the older one, unlabelled.
+    write_run(tmp_path / "a", "onnx", 20.0, "2026-12-01T10:00:00")
+    write_run(tmp_path / "b", "onnx", 21.0, "2026-12-01T10:05:00", options='{"rebuild": true}')
+    write_run(tmp_path / "c", "onnx", 23.0, "2026-12-01T10:06:00", options='{"ort_opt_level": "basic", "rebuild": true}')
+    doc = read_results(tmp_path)
+    rows = sorted((r["label"], r["tpot_ms_median"]) for r in doc["rows"])
+    assert rows == [("onnx (default options)", 21.0), ("onnx (ort_opt_level=basic)", 23.0)]
+    assert doc["combined"]["superseded"] == 1
+
+
 def test_two_models_need_a_choice_and_two_cpus_are_refused(tmp_path):
     write_run(tmp_path / "a", "onnx", 20.0, "2026-12-01T10:00:00")
     write_run(tmp_path / "b", "onnx", 2.0, "2026-12-01T10:05:00", model="tiny", weights="t1")

@@ -15,6 +15,9 @@ from gpt2bench.sysinfo import cpu_label
 Row = dict[str, Any]
 # What a label alone does not say about a run; labels that cover several get it appended.
 HIDDEN = ("options", "threads", "sampling")
+# Options that say how cached artifacts are prepared (export the ONNX files again), not what is
+# measured: a run with rebuild=true measured the same configuration as one without.
+PREPARATION_ONLY = ("rebuild",)
 
 
 def read_results(folder: Path, required: tuple[str, ...] = (), model: str | None = None) -> dict[str, Any]:
@@ -33,10 +36,20 @@ def read_results(folder: Path, required: tuple[str, ...] = (), model: str | None
     return combine(docs, name or str(folder), model)
 
 
+def _options(row: Row) -> dict[str, Any]:
+    value = row.get("options")
+    options = json.loads(value) if isinstance(value, str) and value else dict(value or {})
+    return {k: v for k, v in options.items() if k not in PREPARATION_ONLY}
+
+
+def _value(row: Row, key: str) -> str:
+    return json.dumps(_options(row), sort_keys=True) if key == "options" else str(row.get(key))
+
+
 def _identity(row: Row) -> tuple[Any, ...]:
     """One configuration measured: a later measurement of it replaces an earlier one."""
-    keys = ("backend", "dtype", "options", "device", "prompt_len", "gen_len", "batch_size", "model_hash")
-    return tuple(str(row.get(k)) for k in (*keys, *HIDDEN))
+    keys = ("backend", "dtype", "device", "prompt_len", "gen_len", "batch_size", "model_hash")
+    return tuple(_value(row, k) for k in (*keys, *HIDDEN))
 
 
 def _describe(row: Row, differing: list[str]) -> str:
@@ -44,8 +57,7 @@ def _describe(row: Row, differing: list[str]) -> str:
     for key in differing:
         value = row.get(key)
         if key == "options":
-            options = json.loads(value) if isinstance(value, str) and value else value or {}
-            parts.append(", ".join(f"{k}={v}" for k, v in sorted(options.items())) or "default options")
+            parts.append(", ".join(f"{k}={v}" for k, v in sorted(_options(row).items())) or "default options")
         elif key == "threads":
             parts.append(f"{value} threads")
         else:
@@ -60,7 +72,7 @@ def _relabel(rows: list[Row]) -> None:
     for row in rows:
         by_label.setdefault(row["label"], []).append(row)
     for same_label in by_label.values():
-        differing = [k for k in HIDDEN if len({str(r.get(k)) for r in same_label}) > 1]
+        differing = [k for k in HIDDEN if len({_value(r, k) for r in same_label}) > 1]
         if differing:
             for row in same_label:
                 row["label"] += _describe(row, differing)
