@@ -63,7 +63,8 @@ def test_rebuilding_the_artifacts_is_the_same_configuration(tmp_path):
     # rebuild=true only exported the ONNX files again: its run replaces the older one, unlabelled.
     write_run(tmp_path / "a", "onnx", 20.0, "2026-12-01T10:00:00")
     write_run(tmp_path / "b", "onnx", 21.0, "2026-12-01T10:05:00", options='{"rebuild": true}')
-    write_run(tmp_path / "c", "onnx", 23.0, "2026-12-01T10:06:00", options='{"ort_opt_level": "basic", "rebuild": true}')
+    basic = '{"ort_opt_level": "basic", "rebuild": true}'
+    write_run(tmp_path / "c", "onnx", 23.0, "2026-12-01T10:06:00", options=basic)
     doc = read_results(tmp_path)
     rows = sorted((r["label"], r["tpot_ms_median"]) for r in doc["rows"])
     assert rows == [("onnx (default options)", 21.0), ("onnx (ort_opt_level=basic)", 23.0)]

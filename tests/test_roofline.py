@@ -225,3 +225,27 @@ def test_a_failing_roofs_helper_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("GPT2BENCH_CACHE", str(tmp_path))
     with pytest.raises(BenchError, match=r"measuring the machine's roofs failed: .*invalid literal"):
         roofline.measure_in_helper("not-a-number")  # type: ignore[arg-type]
+
+
+def test_the_machines_roofs_are_measured_before_the_timed_runs(monkeypatch, tiny_model_dir):
+    # Measuring them takes seconds on a machine's first run: a Ctrl-C there must cost no timed run.
+    import gpt2bench.harness
+    from gpt2bench.runner import run_cell
+    from gpt2bench.specs import RunSpec
+
+    order: list[str] = []
+    measure = gpt2bench.harness.measure
+
+    def timed(*args, **kwargs):
+        order.append("timed runs")
+        return measure(*args, **kwargs)
+
+    def roofs(threads, *args, **kwargs):
+        order.append("roofs")
+        return {}
+
+    monkeypatch.setattr(gpt2bench.harness, "measure", timed)
+    monkeypatch.setattr(roofline, "machine_roofs", roofs)
+    spec = RunSpec(backend="hf-eager", model=str(tiny_model_dir), prompt_len=4, gen_len=2, warmup=0, repeats=1)
+    cell = run_cell(spec, "r", lambda _msg: None)
+    assert order == ["roofs", "timed runs"] and cell.row["tokens_per_run"] == 2

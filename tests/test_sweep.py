@@ -12,6 +12,7 @@ import pytest
 
 from conftest import run_cli
 from gpt2bench.errors import UsageError
+from gpt2bench.results import ResultsStore
 from gpt2bench.roofline import probed_bw_frac
 from gpt2bench.sweep import merge_rounds, plan
 from gpt2bench.sweep_spec import load_sweep
@@ -263,6 +264,76 @@ def test_killed_sweep_resumes_with_every_cell_exactly_once(tmp_path, tiny_model_
     assert len(rows) == 8 and len({r["cell_key"] for r in rows}) == 8 and all(r["status"] == "ok" for r in rows)
     # Finished rows survived the kill untouched.
     assert [r for r in rows if r["cell_key"] in {b["cell_key"] for b in before}] == before
+
+
+# Loaded by every Python process of the test's sweep (PYTHONPATH): each quality check marks a file
+# and then blocks, so the test can press Ctrl-C while a worker is inside one.
+SLOW_QUALITY = """
+import importlib.abc, importlib.util, sys, time
+
+class _Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name != "gpt2bench.quality":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+
+            def evaluate(*_args, **_kwargs):
+                open({marker!r}, "a").close()
+                time.sleep(120)
+
+            module.evaluate = evaluate
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, _Hook())
+"""
+
+
+@pytest.mark.parametrize("interleave", [False, True])
+def test_ctrl_c_during_a_sweeps_quality_keeps_the_cells_timed_runs(tmp_path, tiny_model_dir, interleave):
+    shim, marker, out = tmp_path / "shim", tmp_path / "in-quality", tmp_path / "out"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(SLOW_QUALITY.format(marker=str(marker)))
+    config = _write(
+        tmp_path,
+        BASE.format(out=out, model=tiny_model_dir)
+        + "quality:\n  enabled: true\nbackends:\n  - name: hf-eager\n  - name: hf-int8-dynq\n",
+    )
+    pythonpath = os.pathsep.join(p for p in (str(shim), os.environ.get("PYTHONPATH", "")) if p)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpt2bench", "sweep", str(config), *(["--interleave"] if interleave else [])],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": pythonpath},
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), proc.stderr.read() if proc.poll() is not None else "no quality check started"
+        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the sweep and its worker alike
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert "interrupted; 1 finished cell(s) are saved in" in err and "--resume" in err
+    # hf-eager's first cell: its timed runs, kept, and its quality marked for --resume to retry.
+    # When interleaved, hf-int8-dynq had not finished its rounds of that cell: nothing of it is saved.
+    (row,) = _rows(out)
+    assert row["label"] == "hf-eager" and row["prompt_len"] == 4 and row["status"] == "ok"
+    assert row["tokens_per_run"] == 3 and row["repeats"] == 2 and row["tpot_ms_median"] > 0
+    assert row["quality_error"].startswith("interrupted") and row.get("ppl") is None
+    assert len(plan(load_sweep(config), ResultsStore.load(out))[0][1]) == 2  # both hf-eager cells are still to do
 
 
 def test_interleaved_sweep_pools_rounds(tmp_path, tiny_model_dir):

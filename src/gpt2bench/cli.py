@@ -224,7 +224,16 @@ def sweep(
         def on_cell(label: str) -> None:
             progress.update(task, advance=1, description=f"sweep ({label} done a cell)")
 
-        (run_interleaved if spec.interleave else run_sequential)(spec, store, run_id, threads, on_cell, warn_once)
+        try:
+            (run_interleaved if spec.interleave else run_sequential)(spec, store, run_id, threads, on_cell, warn_once)
+        except KeyboardInterrupt:
+            progress.stop()
+            print(
+                f"interrupted; {len(store.rows)} finished cell(s) are saved in {spec.output} "
+                "(the same command with --resume continues)",
+                file=sys.stderr,
+            )
+            sys.exit(130)
     failed = [r for r in store.rows if r.get("status") != "ok"]
     console.print(f"{len(store.rows) - len(failed)} cells ok, {len(failed)} failed; results in {spec.output}")
     for row in failed:

@@ -113,6 +113,9 @@ def measure_cell(
     check_fits(spec, model)
     prompts = make_prompts(tokenizer, spec.prompt_len, spec.batch_size)
     probe = session.probe(spec.threads) if spec.probe_bandwidth else None
+    # Before the timed runs: measuring the roofs takes seconds on a machine's first run, and a
+    # Ctrl-C there must not cost finished measurements. It is cached, so later cells read a file.
+    roofs = _machine_roofs(spec.device, spec.threads)
     m = measure(backend, prompts, spec.gen_len, spec.sampling, spec.warmup, spec.repeats, on_step, probe)
     details = backend.describe()
     quality = _quality(backend, model, tokenizer, spec.quality, on_step) if spec.quality is not None else {}
@@ -163,7 +166,7 @@ def measure_cell(
         **m.setup_phases,
         **m.device_memory,
     }
-    row.update(_roofline(row, model, spec.device, spec.threads, [r.tpot_ms for r in m.runs], m.bandwidth_gbs))
+    row.update(_roofline(row, model, roofs, [r.tpot_ms for r in m.runs], m.bandwidth_gbs))
     first = m.generations[0].tokens[0]
     sample_text = tokenizer.decode(first.tolist())
     samples = {
@@ -195,16 +198,22 @@ def run_cell(
         session.close()
 
 
+def _machine_roofs(device: str, threads: int) -> dict[str, Any]:
+    """The machine's roofs are CPU microbenchmarks, so GPU rows get none."""
+    from gpt2bench.roofline import machine_roofs
+
+    return machine_roofs(threads) if device == "cpu" else {}
+
+
 def _roofline(
-    row: dict[str, Any], model: Any, device: str, threads: int, tpot_ms: list[float], probed: list[float]
+    row: dict[str, Any], model: Any, roofs: dict[str, Any], tpot_ms: list[float], probed: list[float]
 ) -> dict[str, Any]:
-    """Roofline columns; the machine's roofs are CPU microbenchmarks, so GPU rows get none. With
-    probes around the runs, the bandwidth is theirs and each run is set against its own moment."""
+    """Roofline columns. With probes around the runs, the bandwidth is theirs and each run is set
+    against its own moment."""
     import statistics
 
-    from gpt2bench.roofline import machine_roofs, peak_for, probe_runs, roofline_columns
+    from gpt2bench.roofline import peak_for, probe_runs, roofline_columns
 
-    roofs = machine_roofs(threads) if device == "cpu" else {}
     bandwidth = statistics.median(probed) if probed else roofs.get("read_bandwidth_gbs")
     runs = probe_runs(tpot_ms, probed) if probed else []
     peak = peak_for(roofs, row["backend"], row["dtype"])

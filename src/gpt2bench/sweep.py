@@ -7,6 +7,7 @@ becomes a failed row and the sweep goes on with a fresh worker for the remaining
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import selectors
 import statistics
@@ -31,6 +32,20 @@ Warn = Callable[[str], None]
 
 class WorkerGone(Exception):
     """The worker died or went silent; the message says which."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C while a worker measured a cell, with what the worker answered before it stopped: a
+    row if it was past its timed runs (a quality check answers with its timed runs), else None."""
+
+    def __init__(self, reply: dict[str, Any] | None) -> None:
+        super().__init__()
+        self.reply = reply if reply and reply.get("event") == "row" else None
+
+
+# A terminal's Ctrl-C reaches the workers too (one process group). One in its quality check answers
+# at once with its timed runs (runner._quality); one in its timed runs dies without answering.
+LAST_WORDS_S = 10.0
 
 
 class Worker:
@@ -110,7 +125,13 @@ class Worker:
 
     def request(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
         self._send(command)
-        return self.receive(timeout)
+        try:
+            return self.receive(timeout)
+        except KeyboardInterrupt:
+            reply = None
+            with contextlib.suppress(WorkerGone, ValueError, KeyboardInterrupt):  # nothing more to save
+                reply = self.receive(LAST_WORDS_S)
+            raise Interrupted(reply) from None
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -268,10 +289,15 @@ def run_sequential(
                     remaining = []
                     break
                 for cell in list(remaining):
-                    reply = worker.request(
-                        _command(spec, backend, cell, spec.warmup, spec.repeats, wants_quality(spec, cell)),
-                        spec.cell_timeout_s,
-                    )
+                    try:
+                        reply = worker.request(
+                            _command(spec, backend, cell, spec.warmup, spec.repeats, wants_quality(spec, cell)),
+                            spec.cell_timeout_s,
+                        )
+                    except Interrupted as stop:
+                        if stop.reply:
+                            store.add(stop.reply["row"], stop.reply["samples"])
+                        raise
                     if reply["event"] == "row":
                         store.add(reply["row"], reply["samples"])
                     else:
@@ -330,6 +356,16 @@ def run_interleaved(
                         failed[name] = str(gone)
                         workers.pop(name).close()
                         continue
+                    except Interrupted as stop:
+                        if stop.reply:
+                            rounds[name][0].append(stop.reply["row"])
+                            rounds[name][1].append(stop.reply["samples"])
+                        # Backends with every round of this cell done are finished results.
+                        for done in active:
+                            rows, samples = rounds[done.display()]
+                            if len(rows) == spec.repeats and done.display() not in failed:
+                                store.add(*merge_rounds(rows, samples))
+                        raise
                     if reply["event"] == "row":
                         rounds[name][0].append(reply["row"])
                         rounds[name][1].append(reply["samples"])
