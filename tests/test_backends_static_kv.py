@@ -103,13 +103,14 @@ def test_full_context_prompt_plus_generation_of_1024(eager, tiny_model, tokenize
     assert eager.describe()["cache_shape"][2] == 1024
 
 
-def test_batch_change_reallocates_between_cells(compiled, tokenizer):
-    one = make_prompts(tokenizer, 8, 1).input_ids
-    three = make_prompts(tokenizer, 8, 3).input_ids
-    assert greedy(compiled, one, 5).shape == (1, 5)
+def test_batch_change_reallocates_between_cells(compiled, tokenizer, prompts, reference):
+    # From the batch of two the tests above compiled, to three and back: one new decode graph.
+    three = make_prompts(tokenizer, 16, 3).input_ids
     out = greedy(compiled, three, 5)
     assert out.shape == (3, 5) and compiled.describe()["cache_shape"][0] == 3
-    np.testing.assert_array_equal(out[:1], greedy(compiled, one, 5))
+    np.testing.assert_array_equal(out[:2], reference[0][:, :5])
+    np.testing.assert_array_equal(greedy(compiled, prompts, 5), reference[0][:, :5])
+    assert compiled.describe()["cache_shape"][0] == 2
 
 
 def test_sampling_without_host_sync_is_seeded_and_top_k_1_is_greedy(compiled, prompts, reference):

@@ -131,6 +131,8 @@ class Worker:
             reply = None
             with contextlib.suppress(WorkerGone, ValueError, KeyboardInterrupt):  # nothing more to save
                 reply = self.receive(LAST_WORDS_S)
+            if reply is None:  # no answer in time (it is killed then), a second Ctrl-C or a garbled line
+                self.kill()
             raise Interrupted(reply) from None
 
     def kill(self) -> None:
