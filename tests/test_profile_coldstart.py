@@ -5,7 +5,8 @@ import json
 import pytest
 
 from conftest import run_cli
-from gpt2bench.coldstart import PARTS, measure
+from gpt2bench.coldstart import PARTS, ColdStart, measure
+from gpt2bench.errors import BenchError
 
 
 def test_cold_start_parts_add_up_and_fit_inside_the_process_lifetime(tiny_model_dir):
@@ -32,6 +33,42 @@ def test_coldstart_command_prints_and_records_every_process(tmp_path, tiny_model
     assert doc["model"]["weights"] == "random" and doc["model"]["path"] == str(tiny_model_dir)
     env = doc["environment"]
     assert env["git"]["commit"] and env["cpu"]["isa"] is not None  # recorded like every result
+
+
+@pytest.mark.parametrize(
+    ("stop", "code", "message"),
+    [
+        (BenchError("cold-start child failed: killed"), 1, "cold-start child failed: killed; the 2 finished"),
+        (KeyboardInterrupt(), 130, "interrupted; the 2 finished process(es) are saved in"),
+    ],
+)
+def test_a_coldstart_stopped_midway_keeps_the_processes_it_timed(
+    tmp_path, tiny_model_dir, monkeypatch, capsys, stop, code, message
+):
+    import sys
+
+    import gpt2bench.coldstart
+    from gpt2bench.cli import main
+
+    started = []
+
+    def measure_or_stop(*_args):  # the third fresh process fails, or Ctrl-C arrives while it runs
+        started.append(1)
+        if len(started) == 3:
+            raise stop
+        return ColdStart(0.05, 1.0 + len(started), 0.5, 0.01, 2.0 + len(started))
+
+    monkeypatch.setattr(gpt2bench.coldstart, "measure", measure_or_stop)
+    args = ["coldstart", "--backend", "hf-eager", "--model", str(tiny_model_dir), "--repeats", "5"]
+    monkeypatch.setattr(sys, "argv", ["gpt2bench", *args, "--output", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == code and message in capsys.readouterr().err and len(started) == 3
+    (folder,) = tmp_path.iterdir()
+    doc = json.loads((folder / "coldstart.json").read_text())
+    assert [p["imports_s"] for p in doc["per_process"]] == [2.0, 3.0] and doc["spec"]["repeats"] == 5
+    assert doc["summary"]["imports_s"] == {"median": 2.5, "min": 2.0, "max": 3.0}
+    assert doc["stopped"] == ("interrupted (Ctrl-C)" if code == 130 else "cold-start child failed: killed")
 
 
 def test_coldstart_checks_the_model_before_starting_processes(tmp_path):

@@ -399,12 +399,27 @@ def coldstart(
     if fallback := ref.fallback_warning():
         _warn(fallback)
     check_fits(spec, ref)
-    runs = [measure(backend, str(ref.path), device, dtype, threads, prompt_len) for _ in range(repeats)]
+    runs = []
+    stopped: BaseException | None = None
+    try:
+        for _ in range(repeats):
+            runs.append(measure(backend, str(ref.path), device, dtype, threads, prompt_len))
+    except (BenchError, KeyboardInterrupt) as exc:  # the processes already timed are kept
+        if not runs:
+            raise
+        stopped = exc
     loaded = ref.as_record()
     doc = document(runs, loaded, spec.as_record(), environment())
+    if stopped is not None:
+        doc["stopped"] = "interrupted (Ctrl-C)" if isinstance(stopped, KeyboardInterrupt) else str(stopped)
     folder = output / new_run_id(f"coldstart-{backend}")
     folder.mkdir(parents=True)
     atomic_write_text(folder / "coldstart.json", json.dumps(doc, indent=1))
+    if isinstance(stopped, KeyboardInterrupt):
+        print(f"interrupted; the {len(runs)} finished process(es) are saved in {folder}", file=sys.stderr)
+        sys.exit(130)
+    if stopped is not None:
+        raise BenchError(f"{stopped}; the {len(runs)} finished process(es) are saved in {folder}")
     print(
         f"cold start of {backend} ({device}/{dtype}, {threads} threads, model {loaded['reference']} "
         f"({loaded['weights']})), {repeats} fresh processes; load includes export/compile unless cached"
