@@ -372,7 +372,7 @@ def coldstart(
     output: Annotated[Path, typer.Option(help="Writes <output>/<coldstart-id>/coldstart.json.")] = Path("results"),
 ) -> None:
     """Time from a fresh process's start to its first token: interpreter, imports, load, first token."""
-    from gpt2bench.coldstart import PARTS, document, measure
+    from gpt2bench.coldstart import PARTS, document, measure_processes
     from gpt2bench.fsutil import atomic_write_text
     from gpt2bench.models import resolve_model
     from gpt2bench.results import new_run_id
@@ -399,15 +399,7 @@ def coldstart(
     if fallback := ref.fallback_warning():
         _warn(fallback)
     check_fits(spec, ref)
-    runs = []
-    stopped: BaseException | None = None
-    try:
-        for _ in range(repeats):
-            runs.append(measure(backend, str(ref.path), device, dtype, threads, prompt_len))
-    except (BenchError, KeyboardInterrupt) as exc:  # the processes already timed are kept
-        if not runs:
-            raise
-        stopped = exc
+    runs, stopped = measure_processes(repeats, backend, str(ref.path), device, dtype, threads, prompt_len)
     loaded = ref.as_record()
     doc = document(runs, loaded, spec.as_record(), environment())
     if stopped is not None:

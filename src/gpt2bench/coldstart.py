@@ -62,6 +62,22 @@ def measure(backend: str, model: str, device: str, dtype: str, threads: int, pro
     return parts(spawn, json.loads(proc.stdout.strip().splitlines()[-1]), exited)
 
 
+def measure_processes(
+    repeats: int, backend: str, model: str, device: str, dtype: str, threads: int, prompt_len: int
+) -> tuple[list[ColdStart], BaseException | None]:
+    """`repeats` fresh processes, one after another. When one fails or Ctrl-C arrives after the
+    first has finished, the processes already timed are kept: the stop comes back beside them."""
+    runs: list[ColdStart] = []
+    try:
+        for _ in range(repeats):
+            runs.append(measure(backend, model, device, dtype, threads, prompt_len))
+    except (BenchError, KeyboardInterrupt) as exc:
+        if not runs:
+            raise
+        return runs, exc
+    return runs, None
+
+
 def document(runs: list[ColdStart], model: dict[str, Any], spec: dict[str, Any], env: dict[str, Any]) -> dict:
     """What `coldstart --output` writes: every process's parts, their median/min/max, the model and
     the machine, as every result is recorded."""
