@@ -1,5 +1,6 @@
 """Sweeps for real: YAML validation, worker processes, failed cells, kill and resume, interleave."""
 
+import contextlib
 import json
 import os
 import signal
@@ -295,19 +296,17 @@ sys.meta_path.insert(0, _Hook())
 """
 
 
-@pytest.mark.parametrize("interleave", [False, True])
-def test_ctrl_c_during_a_sweeps_quality_keeps_the_cells_timed_runs(tmp_path, tiny_model_dir, interleave):
+@contextlib.contextmanager
+def _sweep_inside_quality(tmp_path, model_dir, backends, *args):
+    """A sweep started in a session of its own, yielded once a worker is inside its quality check."""
     shim, marker, out = tmp_path / "shim", tmp_path / "in-quality", tmp_path / "out"
     shim.mkdir()
     (shim / "sitecustomize.py").write_text(SLOW_QUALITY.format(marker=str(marker)))
-    config = _write(
-        tmp_path,
-        BASE.format(out=out, model=tiny_model_dir)
-        + "quality:\n  enabled: true\nbackends:\n  - name: hf-eager\n  - name: hf-int8-dynq\n",
-    )
+    listed = "".join(f"  - name: {b}\n" for b in backends)
+    config = _write(tmp_path, BASE.format(out=out, model=model_dir) + f"quality:\n  enabled: true\nbackends:\n{listed}")
     pythonpath = os.pathsep.join(p for p in (str(shim), os.environ.get("PYTHONPATH", "")) if p)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gpt2bench", "sweep", str(config), *(["--interleave"] if interleave else [])],
+        [sys.executable, "-m", "gpt2bench", "sweep", str(config), *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -319,12 +318,19 @@ def test_ctrl_c_during_a_sweeps_quality_keeps_the_cells_timed_runs(tmp_path, tin
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert marker.exists(), proc.stderr.read() if proc.poll() is not None else "no quality check started"
+        yield proc, config, out
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.parametrize("interleave", [False, True])
+def test_ctrl_c_during_a_sweeps_quality_keeps_the_cells_timed_runs(tmp_path, tiny_model_dir, interleave):
+    args = ["--interleave"] if interleave else []
+    with _sweep_inside_quality(tmp_path, tiny_model_dir, ["hf-eager", "hf-int8-dynq"], *args) as (proc, config, out):
         os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the sweep and its worker alike
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode == 130 and "Traceback" not in err
     assert "interrupted; 1 finished cell(s) are saved in" in err and "--resume" in err
     # hf-eager's first cell: its timed runs, kept, and its quality marked for --resume to retry.
@@ -334,6 +340,38 @@ def test_ctrl_c_during_a_sweeps_quality_keeps_the_cells_timed_runs(tmp_path, tin
     assert row["tokens_per_run"] == 3 and row["repeats"] == 2 and row["tpot_ms_median"] > 0
     assert row["quality_error"].startswith("interrupted") and row.get("ppl") is None
     assert len(plan(load_sweep(config), ResultsStore.load(out))[0][1]) == 2  # both hf-eager cells are still to do
+
+
+def _children(pid):
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # the field after the state is the parent's pid
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid):
+    try:  # a zombie (dead, not yet reaped by whoever adopted it) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_terminated_sweep_takes_its_worker_with_it(tmp_path, tiny_model_dir):
+    # `timeout` or a CI cancel sends SIGTERM to the sweep alone; its worker must not go on measuring.
+    with _sweep_inside_quality(tmp_path, tiny_model_dir, ["hf-eager"]) as (proc, _, _):
+        (worker,) = _children(proc.pid)  # inside its quality check, for two more minutes
+        proc.terminate()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(worker), "the worker outlived its sweep"
 
 
 def test_interleaved_sweep_pools_rounds(tmp_path, tiny_model_dir):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import os
 import selectors
 import statistics
 import subprocess
@@ -68,7 +69,7 @@ class Worker:
             },
         }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gpt2bench.worker"],
+            [sys.executable, "-m", "gpt2bench.worker", str(os.getpid())],  # the worker dies with us
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

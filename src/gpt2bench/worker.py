@@ -22,7 +22,23 @@ from typing import Any
 from gpt2bench.errors import one_line
 
 
+def die_with_parent(parent: int) -> None:
+    """Have the kernel kill this worker when the sweep that started it dies, however it dies
+    (SIGTERM from `timeout` or a CI cancel, SIGKILL, a crash): otherwise the worker would go on
+    measuring its cell, unseen, on the cores the next job is timed on. Linux only."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent was already gone before the line above
+        os._exit(1)
+
+
 def main() -> int:
+    if len(sys.argv) > 1:
+        die_with_parent(int(sys.argv[1]))
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints from libraries land on stderr
 
