@@ -268,7 +268,11 @@ def plot(
         print(path)
 
 
-@app.command()
+@app.command(
+    epilog="A regression is a change both significant (Mann-Whitney U on the per-repetition samples) and "
+    "beyond the threshold. Baseline rows the new run does not have fail too: a gate must not pass what "
+    "it did not check."
+)
 def compare(
     baseline: Annotated[Path, typer.Argument(help="Baseline results folder.")],
     new: Annotated[Path, typer.Argument(help="New results folder.")],
@@ -285,8 +289,7 @@ def compare(
         bool, typer.Option(help="Do not fail when baseline rows are missing from the new run.")
     ] = False,
 ) -> None:
-    """Compare two results folders; exit 1 on a significant regression beyond the threshold, or on
-    baseline rows the new run does not have (a gate must not pass what it did not check)."""
+    """Compare two results folders; exit 1 on a regression or a missing row."""
     from gpt2bench.compare import DEFAULT_METRICS, REGRESSIONS, load, machine_note, markdown, power_note
     from gpt2bench.compare import compare as run_compare
 
@@ -423,7 +426,10 @@ def coldstart(
     print(f"results: {folder / 'coldstart.json'}")
 
 
-@app.command()
+@app.command(
+    epilog="Writes pyinstrument's HTML and text, plus the backend's own trace where it has one (torch "
+    "profiler, ONNX Runtime profiling)."
+)
 def profile(
     backend: Annotated[str, typer.Option("--backend", "-b", help="Backend name.")],
     prompt_len: Annotated[int, typer.Option(help="Prompt length in tokens.")] = 50,
@@ -436,8 +442,7 @@ def profile(
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Backend option key=value.")] = None,
     output: Annotated[Path, typer.Option(help="Writes <output>/<profile-id>/.")] = Path("results"),
 ) -> None:
-    """Profile one generation (after set-up and a warm-up): pyinstrument HTML and text, plus the
-    backend's own trace where it has one (torch profiler, ONNX Runtime profiling)."""
+    """Profile one generation (after set-up and a warm-up) with pyinstrument and the backend's own tracer."""
     from pyinstrument import Profiler
 
     from gpt2bench.prompts import make_prompts
