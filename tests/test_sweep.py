@@ -270,7 +270,11 @@ def test_killed_sweep_resumes_with_every_cell_exactly_once(tmp_path, tiny_model_
 # Loaded by every Python process of the test's sweep (PYTHONPATH): each quality check marks a file
 # and then blocks, so the test can press Ctrl-C while a worker is inside one.
 SLOW_QUALITY = """
-import importlib.abc, importlib.util, sys, time
+import importlib.abc, importlib.util, signal, sys, time
+
+# pytest started as a background job without job control (`cmd &` in a script) hands every child
+# SIGINT ignored, and Python then never raises KeyboardInterrupt: arm it, as a terminal's session has it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 class _Hook(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
