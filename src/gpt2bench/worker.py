@@ -25,7 +25,10 @@ from gpt2bench.errors import one_line
 def die_with_parent(parent: int) -> None:
     """Have the kernel kill this worker when the sweep that started it dies, however it dies
     (SIGTERM from `timeout` or a CI cancel, SIGKILL, a crash): otherwise the worker would go on
-    measuring its cell, unseen, on the cores the next job is timed on. Linux only."""
+    measuring its cell, unseen, on the cores the next job is timed on. Linux only.
+
+    The kernel's "parent" is the thread that started the worker, not the process: a worker started
+    from a thread that then ends dies with it. The sweep starts its workers from its main thread."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
