@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gpt2bench.sysinfo import cpu_label
+from gpt2bench.machine.sysinfo import cpu_label
 
 METRICS = {"e2e": "e2e_ms_median", "tpot": "tpot_ms_median", "ttft": "ttft_ms_median"}
 

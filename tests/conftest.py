@@ -25,14 +25,14 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from gpt2bench.models import build_random_model
+    from gpt2bench.models.resolve import build_random_model
 
     return build_random_model(tmp_path_factory.mktemp("models") / "tiny", seed=0, **TINY)
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir: Path):
-    from gpt2bench.models import resolve_model
+    from gpt2bench.models.resolve import resolve_model
 
     return resolve_model(str(tiny_model_dir))
 
@@ -41,8 +41,8 @@ def tiny_model(tiny_model_dir: Path):
 def trained_model():
     """A narrow GPT-2 (2 layers, 128 positions) trained for ~1 min on the bundled text: confident,
     context-dependent predictions, unlike random (held-out perplexity ~1,000 against ~50,000)."""
-    from gpt2bench.models import resolve_model
-    from gpt2bench.tiny import TinyRecipe, tiny_model_dir
+    from gpt2bench.models.resolve import resolve_model
+    from gpt2bench.models.tiny import TinyRecipe, tiny_model_dir
 
     recipe = TinyRecipe(n_layer=2, n_positions=128, seq_len=128, batch_size=4, steps=500, lr=0.005)
     folder = tiny_model_dir(recipe, log=lambda _msg: None)
@@ -51,7 +51,7 @@ def trained_model():
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from gpt2bench.models import load_tokenizer
+    from gpt2bench.models.resolve import load_tokenizer
 
     return load_tokenizer()
 
@@ -59,7 +59,7 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def prompts(tokenizer):
     """Two 16-token prompts: the batch the parity tests share."""
-    from gpt2bench.prompts import make_prompts
+    from gpt2bench.measure.prompts import make_prompts
 
     return make_prompts(tokenizer, 16, 2).input_ids
 
@@ -82,7 +82,7 @@ def load_backend(name: str, model, **settings):
 def greedy(backend, input_ids, n: int):
     import numpy as np
 
-    from gpt2bench.specs import Sampling
+    from gpt2bench.measure.spec import Sampling
 
     return np.stack(list(backend.generate(input_ids, n, Sampling())), axis=1)
 

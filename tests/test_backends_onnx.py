@@ -8,9 +8,9 @@ import pytest
 
 from conftest import greedy, load_backend
 from gpt2bench.backends import BackendSettings, get_backend
-from gpt2bench.errors import MissingExtraError
-from gpt2bench.prompts import make_prompts
-from gpt2bench.specs import Sampling
+from gpt2bench.core.errors import MissingExtraError
+from gpt2bench.measure.prompts import make_prompts
+from gpt2bench.measure.spec import Sampling
 
 pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
 
@@ -126,7 +126,7 @@ def test_missing_onnxruntime_names_the_extra(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["onnx", "onnx-opt"])
 def test_fp32_onnx_matches_hf_eager_on_random_124m(name, tokenizer):
-    from gpt2bench.models import resolve_model
+    from gpt2bench.models.resolve import resolve_model
 
     model = resolve_model("random")
     ids = make_prompts(tokenizer, 24, 1).input_ids

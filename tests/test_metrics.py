@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from gpt2bench.metrics import run_metrics, summarize
+from gpt2bench.measure.metrics import run_metrics, summarize
 
 MS = 1_000_000
 

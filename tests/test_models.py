@@ -3,8 +3,8 @@ import json
 import pytest
 
 from conftest import TINY
-from gpt2bench.errors import BenchError
-from gpt2bench.models import MARKER, build_random_model, resolve_model, weights_hash
+from gpt2bench.core.errors import BenchError
+from gpt2bench.models.resolve import MARKER, build_random_model, resolve_model, weights_hash
 
 
 def test_local_random_model_is_recorded_as_random(tiny_model, tiny_model_dir):
@@ -63,7 +63,7 @@ def test_named_model_that_cannot_load_fails_clearly(monkeypatch, tmp_path):
 def test_every_recipe_field_names_its_own_cached_model():
     from dataclasses import fields, replace
 
-    from gpt2bench.tiny import TinyRecipe
+    from gpt2bench.models.tiny import TinyRecipe
 
     base = TinyRecipe()
     for field in fields(TinyRecipe):

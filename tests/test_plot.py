@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, run_python
-from gpt2bench.plot import build_figures, pareto_front, plot, run_warnings
-from gpt2bench.results import COLUMNS
+from gpt2bench.report.plot import build_figures, pareto_front, plot, run_warnings
+from gpt2bench.report.store import COLUMNS
 
 BACKENDS = {"hf-eager": (40.0, 30.0), "onnx": (18.0, 30.0), "onnx-int8": (7.0, 31.5)}  # TPOT ms, perplexity
 EMULATED = "this CPU has no bf16 instructions: PyTorch emulates bf16 here"
@@ -103,7 +103,7 @@ def test_perplexity_and_pareto_front(figures):
 
 
 def test_headline_cell_is_the_one_most_backends_share():
-    from gpt2bench.plot import headline_cell
+    from gpt2bench.report.plot import headline_cell
 
     def row(label, prompt, gen):
         return {"label": label, "prompt_len": prompt, "gen_len": gen, "batch_size": 1}
@@ -201,7 +201,7 @@ def test_bad_results_folders_are_one_line_errors(tmp_path, setup, message):
 def test_plot_does_not_import_torch(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(fixture_doc()))
     code = (
-        "import sys\nfrom gpt2bench.cli import main\nsys.argv = ['gpt2bench', 'plot', sys.argv[1]]\n"
+        "import sys\nfrom gpt2bench.cli.main import main\nsys.argv = ['gpt2bench', 'plot', sys.argv[1]]\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
         "assert 'torch' not in sys.modules, 'plot imported torch'\n"
     )

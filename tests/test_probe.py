@@ -3,14 +3,14 @@ import sys
 import pytest
 
 from conftest import run_python
-from gpt2bench.errors import BenchError
-from gpt2bench.probe import BandwidthProbe
+from gpt2bench.core.errors import BenchError
+from gpt2bench.machine.probe import BandwidthProbe
 
 
 def test_probe_measures_in_a_helper_process_and_keeps_torch_out_of_the_caller():
     code = (
         "import os, sys\n"
-        "from gpt2bench.probe import BandwidthProbe\n"
+        "from gpt2bench.machine.probe import BandwidthProbe\n"
         "with BandwidthProbe(1, size_mb=16, repeats=1) as probe:\n"
         "    values = [probe(), probe()]\n"
         "    pid = probe.proc.pid\n"

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from conftest import run_cli
-from gpt2bench.coldstart import PARTS, ColdStart, measure
-from gpt2bench.errors import BenchError
+from gpt2bench.core.errors import BenchError
+from gpt2bench.measure.coldstart import PARTS, ColdStart, measure
 
 
 def test_cold_start_parts_add_up_and_fit_inside_the_process_lifetime(tiny_model_dir):
@@ -47,8 +47,8 @@ def test_a_coldstart_stopped_midway_keeps_the_processes_it_timed(
 ):
     import sys
 
-    import gpt2bench.coldstart
-    from gpt2bench.cli import main
+    import gpt2bench.measure.coldstart
+    from gpt2bench.cli.main import main
 
     started = []
 
@@ -58,7 +58,7 @@ def test_a_coldstart_stopped_midway_keeps_the_processes_it_timed(
             raise stop
         return ColdStart(0.05, 1.0 + len(started), 0.5, 0.01, 2.0 + len(started))
 
-    monkeypatch.setattr(gpt2bench.coldstart, "measure", measure_or_stop)
+    monkeypatch.setattr(gpt2bench.measure.coldstart, "measure", measure_or_stop)
     args = ["coldstart", "--backend", "hf-eager", "--model", str(tiny_model_dir), "--repeats", "5"]
     monkeypatch.setattr(sys, "argv", ["gpt2bench", *args, "--output", str(tmp_path)])
     with pytest.raises(SystemExit) as exit_info:
@@ -72,7 +72,7 @@ def test_a_coldstart_stopped_midway_keeps_the_processes_it_timed(
 
 
 def test_coldstart_checks_the_model_before_starting_processes(tmp_path):
-    from gpt2bench.models import build_random_model
+    from gpt2bench.models.resolve import build_random_model
 
     short = build_random_model(tmp_path / "short", n_layer=1, n_head=2, n_embd=32, n_positions=4)
     proc = run_cli("coldstart", "--backend", "hf-eager", "--model", str(short), "--output", str(tmp_path / "out"))

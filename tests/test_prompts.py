@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from gpt2bench.errors import UsageError
-from gpt2bench.prompts import make_prompts
+from gpt2bench.core.errors import UsageError
+from gpt2bench.measure.prompts import make_prompts
 
 
 def test_bundled_tokenizer_is_gpt2(tokenizer):

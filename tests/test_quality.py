@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import load_backend
-from gpt2bench.quality import (
+from gpt2bench.measure.quality import (
     QualitySettings,
     agreement,
     evaluate,

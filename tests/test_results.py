@@ -2,7 +2,7 @@ import csv
 import json
 import math
 
-from gpt2bench.results import COLUMNS, CSV_NAME, JSON_NAME, ResultsStore, read_document
+from gpt2bench.report.store import COLUMNS, CSV_NAME, JSON_NAME, ResultsStore, read_document
 
 
 def _row(i):

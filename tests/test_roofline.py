@@ -4,8 +4,8 @@ import time
 import pytest
 
 from conftest import run_python
-from gpt2bench import roofline
-from gpt2bench.roofline import decode_weight_bytes, machine_roofs, param_count, prefill_flops, roofline_columns
+from gpt2bench.machine import roofs as roofline
+from gpt2bench.machine.roofs import decode_weight_bytes, machine_roofs, param_count, prefill_flops, roofline_columns
 
 
 def test_decode_bytes_are_every_parameter_but_the_position_table(tiny_model):
@@ -148,7 +148,7 @@ def test_each_row_is_held_to_the_matmul_roof_of_its_arithmetic():
 
 
 def test_summary_names_the_roof_and_says_when_there_is_none():
-    from gpt2bench.summary import roofline_line
+    from gpt2bench.report.summary import roofline_line
 
     row = {
         "dtype": "bf16",
@@ -183,7 +183,7 @@ def test_probed_fraction_pairs_each_run_with_the_probes_around_it():
 
 
 def test_roofs_measured_on_a_busy_machine_are_not_cached(monkeypatch, tmp_path, caplog):
-    from gpt2bench.sysinfo import CpuContention
+    from gpt2bench.machine.sysinfo import CpuContention
 
     def monitor(other_cpu_frac: float) -> type:
         class Monitor:
@@ -210,7 +210,7 @@ def test_roofs_measured_on_a_busy_machine_are_not_cached(monkeypatch, tmp_path, 
 
 def test_roofs_are_measured_in_a_helper_process_that_leaves_torch_out_of_the_caller(tmp_path):
     code = (
-        "import json, sys; from gpt2bench.roofline import machine_roofs; roofs = machine_roofs(1); "
+        "import json, sys; from gpt2bench.machine.roofs import machine_roofs; roofs = machine_roofs(1); "
         "print(json.dumps([roofs, 'torch' in sys.modules]))"
     )
     out = run_python(code, env={"GPT2BENCH_CACHE": str(tmp_path)})
@@ -220,7 +220,7 @@ def test_roofs_are_measured_in_a_helper_process_that_leaves_torch_out_of_the_cal
 
 
 def test_a_failing_roofs_helper_is_a_clear_error(monkeypatch, tmp_path):
-    from gpt2bench.errors import BenchError
+    from gpt2bench.core.errors import BenchError
 
     monkeypatch.setenv("GPT2BENCH_CACHE", str(tmp_path))
     with pytest.raises(BenchError, match=r"measuring the machine's roofs failed: .*invalid literal"):
@@ -229,12 +229,12 @@ def test_a_failing_roofs_helper_is_a_clear_error(monkeypatch, tmp_path):
 
 def test_the_machines_roofs_are_measured_before_the_timed_runs(monkeypatch, tiny_model_dir):
     # Measuring them takes seconds on a machine's first run: a Ctrl-C there must cost no timed run.
-    import gpt2bench.harness
-    from gpt2bench.runner import run_cell
-    from gpt2bench.specs import RunSpec
+    import gpt2bench.measure.harness
+    from gpt2bench.measure.runner import run_cell
+    from gpt2bench.measure.spec import RunSpec
 
     order: list[str] = []
-    measure = gpt2bench.harness.measure
+    measure = gpt2bench.measure.harness.measure
 
     def timed(*args, **kwargs):
         order.append("timed runs")
@@ -244,7 +244,7 @@ def test_the_machines_roofs_are_measured_before_the_timed_runs(monkeypatch, tiny
         order.append("roofs")
         return {}
 
-    monkeypatch.setattr(gpt2bench.harness, "measure", timed)
+    monkeypatch.setattr(gpt2bench.measure.harness, "measure", timed)
     monkeypatch.setattr(roofline, "machine_roofs", roofs)
     spec = RunSpec(backend="hf-eager", model=str(tiny_model_dir), prompt_len=4, gen_len=2, warmup=0, repeats=1)
     cell = run_cell(spec, "r", lambda _msg: None)

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from gpt2bench.errors import UsageError
-from gpt2bench.results import ResultsStore
-from gpt2bench.roofline import probed_bw_frac
-from gpt2bench.sweep import merge_rounds, plan
-from gpt2bench.sweep_spec import load_sweep
+from gpt2bench.core.errors import UsageError
+from gpt2bench.machine.roofs import probed_bw_frac
+from gpt2bench.report.store import ResultsStore
+from gpt2bench.sweep.config import load_sweep
+from gpt2bench.sweep.driver import merge_rounds, plan
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -199,7 +199,7 @@ def test_a_model_that_cannot_be_had_fails_the_sweep_once_before_any_worker(tmp_p
 
 
 def test_cells_beyond_the_models_context_fail_the_sweep_before_any_load(tmp_path):
-    from gpt2bench.models import build_random_model
+    from gpt2bench.models.resolve import build_random_model
 
     model = build_random_model(tmp_path / "short", n_layer=1, n_head=2, n_embd=32, n_positions=10)
     out = tmp_path / "out"
@@ -213,7 +213,7 @@ def test_cells_beyond_the_models_context_fail_the_sweep_before_any_load(tmp_path
 def test_load_warnings_from_the_workers_reach_the_user_once(tmp_path, tiny_model_dir):
     import torch
 
-    from gpt2bench.specs import default_threads
+    from gpt2bench.measure.spec import default_threads
 
     out = tmp_path / "out"
     threads = default_threads() + 1
@@ -278,7 +278,7 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 
 class _Hook(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name != "gpt2bench.quality":
+        if name != "gpt2bench.measure.quality":
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
@@ -484,7 +484,7 @@ def test_a_worker_that_times_out_is_killed_and_a_fresh_one_takes_the_next_cell(t
 def test_resume_retries_failed_cells_and_cells_whose_quality_failed(tmp_path):
     from types import SimpleNamespace
 
-    from gpt2bench.sweep_spec import cell_key
+    from gpt2bench.sweep.config import cell_key
 
     spec = load_sweep(
         _write(tmp_path, BASE.format(out=tmp_path / "out", model="random") + "backends: [{name: onnx}]\n")

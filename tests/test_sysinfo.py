@@ -1,6 +1,6 @@
 """The machine record: enough to tell two CPUs that share a marketing name apart."""
 
-from gpt2bench import sysinfo
+from gpt2bench.machine import sysinfo
 
 
 def test_cpu_id_reads_family_model_and_the_kernel_deciding_isa(monkeypatch):
@@ -76,7 +76,7 @@ def test_contention_share_is_withheld_when_clock_ticks_cannot_resolve_it(monkeyp
 
 
 def test_the_summary_says_when_the_share_could_not_be_resolved():
-    from gpt2bench.summary import contention_fact
+    from gpt2bench.report.summary import contention_fact
 
     assert "(10.0% of the machine)" in contention_fact({"other_cpu_s": 0.4, "other_cpu_frac": 0.1})
     assert "too short" in contention_fact({"other_cpu_s": 0.01, "other_cpu_frac": None})

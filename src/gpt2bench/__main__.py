@@ -1,4 +1,4 @@
-from gpt2bench.cli import main
+from gpt2bench.cli.main import main
 
 if __name__ == "__main__":
     main()

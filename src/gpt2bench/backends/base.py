@@ -12,15 +12,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from gpt2bench.errors import MissingExtraError, UsageError
+from gpt2bench.core.errors import MissingExtraError, UsageError
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     import numpy as np
 
-    from gpt2bench.models import ModelRef
-    from gpt2bench.specs import Sampling
+    from gpt2bench.measure.spec import Sampling
+    from gpt2bench.models.resolve import ModelRef
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class Backend(ABC):
     def token_nll(self, input_ids: np.ndarray) -> np.ndarray:
         """[1, T] ids -> [T-1] negative log-likelihoods (nats) of ids[1:], each given the tokens
         before it, for perplexity. From `logits` unless a backend has an exact cheaper path."""
-        from gpt2bench.quality import token_nll
+        from gpt2bench.measure.quality import token_nll
 
         return token_nll(self.logits(input_ids)[0, :-1], input_ids[0, 1:])
 

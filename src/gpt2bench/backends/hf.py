@@ -18,8 +18,8 @@ from gpt2bench.backends.torch_common import TorchDevice, make_generator, select_
 if TYPE_CHECKING:
     import torch
 
-    from gpt2bench.models import ModelRef
-    from gpt2bench.specs import Sampling
+    from gpt2bench.measure.spec import Sampling
+    from gpt2bench.models.resolve import ModelRef
 
 
 @register(

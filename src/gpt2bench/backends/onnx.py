@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from gpt2bench.backends.base import Backend, BackendSettings, check_bool_options, register
-from gpt2bench.errors import BenchError, UsageError
-from gpt2bench.sampling import make_rng, select_next
+from gpt2bench.backends.sampling import make_rng, select_next
+from gpt2bench.core.errors import BenchError, UsageError
 
 if TYPE_CHECKING:
-    from gpt2bench.models import ModelRef
-    from gpt2bench.specs import Sampling
+    from gpt2bench.measure.spec import Sampling
+    from gpt2bench.models.resolve import ModelRef
 
 REQUIRES = (("onnxruntime", "onnx"), ("onnx", "onnx"))
 COMMON_OPTIONS = ("rebuild", "ort_opt_level")

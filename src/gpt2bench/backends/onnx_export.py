@@ -28,10 +28,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from gpt2bench.errors import BenchError
-from gpt2bench.fsutil import atomic_write_text
-from gpt2bench.models import ModelRef
-from gpt2bench.paths import cache_dir
+from gpt2bench.core.errors import BenchError
+from gpt2bench.core.fsutil import atomic_write_text
+from gpt2bench.core.paths import cache_dir
+from gpt2bench.models.resolve import ModelRef
 
 log = logging.getLogger("gpt2bench")
 

@@ -21,13 +21,13 @@ import numpy as np
 
 from gpt2bench.backends.base import Backend, BackendSettings, register
 from gpt2bench.backends.torch_common import TorchDevice, emulated_on_cpu, torch_device, torch_dtype
-from gpt2bench.errors import UsageError
+from gpt2bench.core.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
 
-    from gpt2bench.models import ModelRef
-    from gpt2bench.specs import Sampling
+    from gpt2bench.measure.spec import Sampling
+    from gpt2bench.models.resolve import ModelRef
 
 CACHE_ROUND = 64  # cache length rounded up, so nearby cells share a compiled graph
 # Where bf16/fp16 is emulated, calls with at least this many rows (batch x tokens) run their GEMMs
@@ -132,7 +132,7 @@ class _StaticKV(TorchDevice, Backend):
             raise UsageError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got '{mode}'")
 
     def load(self, model: ModelRef, settings: BackendSettings) -> dict[str, float]:
-        from gpt2bench.gpt2 import GPT2
+        from gpt2bench.backends.gpt2 import GPT2
 
         self.check_options(settings.options)
         self.device = torch_device(settings.device, settings.threads)

@@ -6,12 +6,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gpt2bench.errors import BenchError
+from gpt2bench.core.errors import BenchError
 
 if TYPE_CHECKING:
     import torch
 
-    from gpt2bench.specs import Sampling
+    from gpt2bench.measure.spec import Sampling
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -32,12 +32,12 @@ import numpy as np
 
 from gpt2bench.backends.base import Backend, BackendSettings, register
 from gpt2bench.backends.torch_common import emulation_warnings, torch_dtype
-from gpt2bench.errors import BenchError, UsageError
-from gpt2bench.paths import cache_dir
+from gpt2bench.core.errors import BenchError, UsageError
+from gpt2bench.core.paths import cache_dir
 
 if TYPE_CHECKING:
-    from gpt2bench.models import ModelRef
-    from gpt2bench.specs import Sampling
+    from gpt2bench.measure.spec import Sampling
+    from gpt2bench.models.resolve import ModelRef
 
 VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 

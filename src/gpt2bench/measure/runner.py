@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpt2bench.errors import UsageError, one_line
-from gpt2bench.fsutil import check_writable
-from gpt2bench.specs import RunSpec, oversubscription
+from gpt2bench.core.errors import UsageError, one_line
+from gpt2bench.core.fsutil import check_writable
+from gpt2bench.measure.spec import RunSpec, oversubscription
 
 QUALITY_INTERRUPTED = "interrupted (Ctrl-C) before quality finished"
 
@@ -47,7 +47,7 @@ class Session:
         """The bandwidth probe's helper process, started once for all the session's cells (each
         start imports torch, ~1.5 s); it waits on a pipe, using no CPU, between probes."""
         if self._probe is None:
-            from gpt2bench.probe import BandwidthProbe
+            from gpt2bench.machine.probe import BandwidthProbe
 
             self._probe = BandwidthProbe(threads).__enter__()
         return self._probe
@@ -75,8 +75,8 @@ def open_session(spec: RunSpec, warn: Callable[[str], None], check_cell: bool = 
     against the model first, so a bad length fails before a long load (a sweep worker checks each
     cell as it comes instead)."""
     from gpt2bench.backends import BackendSettings, get_backend
-    from gpt2bench.harness import timed_load
-    from gpt2bench.models import load_tokenizer, resolve_model
+    from gpt2bench.measure.harness import timed_load
+    from gpt2bench.models.resolve import load_tokenizer, resolve_model
 
     spec.validate()
     if crowded := oversubscription(spec.threads):
@@ -104,9 +104,9 @@ def measure_cell(
     on_step: Callable[[str, int, int], None] | None = None,
 ) -> CellResult:
     """Measure one (prompt, gen, batch) cell with an open session; `spec` names the cell."""
-    from gpt2bench.harness import measure
-    from gpt2bench.prompts import make_prompts
-    from gpt2bench.sysinfo import environment
+    from gpt2bench.machine.sysinfo import environment
+    from gpt2bench.measure.harness import measure
+    from gpt2bench.measure.prompts import make_prompts
 
     spec.validate()
     backend, model, tokenizer, load = session.backend, session.model, session.tokenizer, session.load
@@ -200,7 +200,7 @@ def run_cell(
 
 def _machine_roofs(device: str, threads: int) -> dict[str, Any]:
     """The machine's roofs are CPU microbenchmarks, so GPU rows get none."""
-    from gpt2bench.roofline import machine_roofs
+    from gpt2bench.machine.roofs import machine_roofs
 
     return machine_roofs(threads) if device == "cpu" else {}
 
@@ -212,7 +212,7 @@ def _roofline(
     against its own moment."""
     import statistics
 
-    from gpt2bench.roofline import peak_for, probe_runs, roofline_columns
+    from gpt2bench.machine.roofs import peak_for, probe_runs, roofline_columns
 
     bandwidth = statistics.median(probed) if probed else roofs.get("read_bandwidth_gbs")
     runs = probe_runs(tpot_ms, probed) if probed else []
@@ -227,7 +227,7 @@ def _quality(
     fails, the timed runs are finished results all the same: the row keeps them, with the error."""
     import time
 
-    from gpt2bench.quality import evaluate
+    from gpt2bench.measure.quality import evaluate
 
     if on_step:
         on_step("quality", 0, 1)
@@ -243,7 +243,7 @@ def _quality(
 
 def prepare_output(output: Path) -> None:
     """Fail before any expensive work if results could not be written."""
-    from gpt2bench.errors import BenchError
+    from gpt2bench.core.errors import BenchError
 
     try:
         check_writable(output)

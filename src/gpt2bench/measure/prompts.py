@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gpt2bench.errors import UsageError
-from gpt2bench.paths import DEFAULT_TEXT
+from gpt2bench.core.errors import UsageError
+from gpt2bench.core.paths import DEFAULT_TEXT
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gpt2bench.errors import BenchError
-from gpt2bench.results import JSON_NAME, SCHEMA_VERSION, read_document
-from gpt2bench.sysinfo import cpu_label
+from gpt2bench.core.errors import BenchError
+from gpt2bench.machine.sysinfo import cpu_label
+from gpt2bench.report.store import JSON_NAME, SCHEMA_VERSION, read_document
 
 Row = dict[str, Any]
 # What a label alone does not say about a run; labels that cover several get it appended.

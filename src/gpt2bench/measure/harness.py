@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gpt2bench.backends.base import Backend, BackendSettings
-from gpt2bench.errors import BenchError
-from gpt2bench.metrics import PER_RUN_METRICS, RunMetrics, percentiles, run_metrics, summarize
-from gpt2bench.models import ModelRef
-from gpt2bench.prompts import Prompts
-from gpt2bench.specs import Sampling
-from gpt2bench.sysinfo import ContentionMonitor, CpuContention, peak_rss_mb, reset_peak_rss, rss_mb
+from gpt2bench.core.errors import BenchError
+from gpt2bench.machine.sysinfo import ContentionMonitor, CpuContention, peak_rss_mb, reset_peak_rss, rss_mb
+from gpt2bench.measure.metrics import PER_RUN_METRICS, RunMetrics, percentiles, run_metrics, summarize
+from gpt2bench.measure.prompts import Prompts
+from gpt2bench.measure.spec import Sampling
+from gpt2bench.models.resolve import ModelRef
 
 Clock = Callable[[], int]
 
@@ -120,7 +120,7 @@ def measure(
 
     `probe` (a read-bandwidth microbenchmark) runs around every timed generation, outside its
     clock, so each run's decode speed can be set against the memory speed of its own moment. It
-    should measure in another process (`gpt2bench.probe`): its buffers would count in peak RSS."""
+    should measure in another process (`gpt2bench.machine.probe`): its buffers would count in peak RSS."""
     t0 = time.perf_counter_ns()
     setup_phases = dict(backend.setup(prompts.batch_size, prompts.prompt_len, gen_len, sampling) or {})
     backend.synchronize()

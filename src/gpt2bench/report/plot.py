@@ -15,8 +15,8 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from gpt2bench.collect import read_results
-from gpt2bench.sysinfo import cpu_label
+from gpt2bench.machine.sysinfo import cpu_label
+from gpt2bench.report.collect import read_results
 
 Row = dict[str, Any]
 REQUIRED = (
@@ -335,7 +335,7 @@ def summary_markdown(doc: dict[str, Any], rows: list[Row], figures: list[str]) -
 def build_figures(doc: dict[str, Any]) -> dict[str, Figure]:
     rows = ok_rows(doc)
     if not rows:
-        from gpt2bench.errors import BenchError
+        from gpt2bench.core.errors import BenchError
 
         raise BenchError("no successful rows to plot (every cell failed)")
     candidates = {

@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpt2bench.errors import BenchError
-from gpt2bench.fsutil import atomic_write_text
-from gpt2bench.paths import TOKENIZER_DIR, cache_dir
+from gpt2bench.core.errors import BenchError
+from gpt2bench.core.fsutil import atomic_write_text
+from gpt2bench.core.paths import TOKENIZER_DIR, cache_dir
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -78,7 +78,7 @@ def _resolve(reference: str) -> ModelRef:
     if reference == TINY:
         import sys
 
-        from gpt2bench.tiny import tiny_model_dir
+        from gpt2bench.models.tiny import tiny_model_dir
 
         return _local_model(TINY, tiny_model_dir(log=lambda msg: print(f"make-tiny: {msg}", file=sys.stderr)))
     local = Path(reference).expanduser()

@@ -8,10 +8,10 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gpt2bench import MAX_CONTEXT
-from gpt2bench.errors import UsageError
+from gpt2bench.core.errors import UsageError
 
 if TYPE_CHECKING:
-    from gpt2bench.quality import QualitySettings
+    from gpt2bench.measure.quality import QualitySettings
 
 DEVICES = ("cpu", "cuda")
 DTYPES = ("fp32", "bf16", "fp16")

@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parents[1] / "assets"
 TOKENIZER_DIR = ASSETS / "gpt2-tokenizer"
 DEFAULT_TEXT = ASSETS / "text" / "wiki.test.raw"
 

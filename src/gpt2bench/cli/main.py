@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from gpt2bench.errors import BenchError, UsageError
+from gpt2bench.core.errors import BenchError, UsageError
 
 app = typer.Typer(
     name="gpt2bench",
@@ -77,15 +77,15 @@ def run(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from gpt2bench.backends import get_backend
-    from gpt2bench.specs import RunSpec, Sampling, default_threads
+    from gpt2bench.measure.spec import RunSpec, Sampling, default_threads
 
     options = _parse_options(option or [])
     if rebuild and "rebuild" in get_backend(backend).options:
         options["rebuild"] = True
     quality_settings = None
     if quality:
-        from gpt2bench.paths import DEFAULT_TEXT
-        from gpt2bench.quality import QualitySettings
+        from gpt2bench.core.paths import DEFAULT_TEXT
+        from gpt2bench.measure.quality import QualitySettings
 
         if ppl_max_windows < 0:
             raise UsageError(f"ppl-max-windows must be >= 0 (0 = the whole text), got {ppl_max_windows}")
@@ -108,9 +108,9 @@ def run(
     )
     spec.validate()
 
-    from gpt2bench.results import ResultsStore, new_run_id
-    from gpt2bench.runner import QUALITY_INTERRUPTED, prepare_output, run_cell
-    from gpt2bench.summary import print_summary
+    from gpt2bench.measure.runner import QUALITY_INTERRUPTED, prepare_output, run_cell
+    from gpt2bench.report.store import ResultsStore, new_run_id
+    from gpt2bench.report.summary import print_summary
 
     prepare_output(output)
     run_id = new_run_id(backend)
@@ -169,12 +169,12 @@ def sweep(
         TimeRemainingColumn,
     )
 
-    from gpt2bench.results import new_run_id
-    from gpt2bench.runner import prepare_output
-    from gpt2bench.specs import default_threads, oversubscription
-    from gpt2bench.sweep import cells_to_run, open_store, resolve_model_once, run_interleaved, run_sequential
-    from gpt2bench.sweep_spec import load_sweep
-    from gpt2bench.sysinfo import environment
+    from gpt2bench.machine.sysinfo import environment
+    from gpt2bench.measure.runner import prepare_output
+    from gpt2bench.measure.spec import default_threads, oversubscription
+    from gpt2bench.report.store import new_run_id
+    from gpt2bench.sweep.config import load_sweep
+    from gpt2bench.sweep.driver import cells_to_run, open_store, resolve_model_once, run_interleaved, run_sequential
 
     spec = load_sweep(config)
     if output is not None:
@@ -262,7 +262,7 @@ def plot(
     ] = None,
 ) -> None:
     """PNG figures and summary.md from a results folder (never imports torch)."""
-    from gpt2bench.plot import plot as make_plots
+    from gpt2bench.report.plot import plot as make_plots
 
     for path in make_plots(folder, out, model):
         print(path)
@@ -290,8 +290,8 @@ def compare(
     ] = False,
 ) -> None:
     """Compare two results folders; exit 1 on a regression or a missing row."""
-    from gpt2bench.compare import DEFAULT_METRICS, REGRESSIONS, load, machine_note, markdown, power_note
-    from gpt2bench.compare import compare as run_compare
+    from gpt2bench.report.compare import DEFAULT_METRICS, REGRESSIONS, load, machine_note, markdown, power_note
+    from gpt2bench.report.compare import compare as run_compare
 
     old_doc, new_doc = load(baseline), load(new)
     verdicts = run_compare(
@@ -327,9 +327,9 @@ def env(
         raise UsageError(f"threads must be at least 1, got {threads}")
     import torch  # the report includes torch's view of the machine, and the roofs need it
 
-    from gpt2bench.roofline import machine_roofs, rate_unit
-    from gpt2bench.specs import default_threads
-    from gpt2bench.sysinfo import cpu_label, environment
+    from gpt2bench.machine.roofs import machine_roofs, rate_unit
+    from gpt2bench.machine.sysinfo import cpu_label, environment
+    from gpt2bench.measure.spec import default_threads
 
     threads = threads or default_threads()
     torch.set_num_threads(threads)
@@ -375,13 +375,13 @@ def coldstart(
     output: Annotated[Path, typer.Option(help="Writes <output>/<coldstart-id>/coldstart.json.")] = Path("results"),
 ) -> None:
     """Time from a fresh process's start to its first token: interpreter, imports, load, first token."""
-    from gpt2bench.coldstart import PARTS, document, measure_processes
-    from gpt2bench.fsutil import atomic_write_text
-    from gpt2bench.models import resolve_model
-    from gpt2bench.results import new_run_id
-    from gpt2bench.runner import check_fits, prepare_output
-    from gpt2bench.specs import RunSpec, default_threads
-    from gpt2bench.sysinfo import environment
+    from gpt2bench.core.fsutil import atomic_write_text
+    from gpt2bench.machine.sysinfo import environment
+    from gpt2bench.measure.coldstart import PARTS, document, measure_processes
+    from gpt2bench.measure.runner import check_fits, prepare_output
+    from gpt2bench.measure.spec import RunSpec, default_threads
+    from gpt2bench.models.resolve import resolve_model
+    from gpt2bench.report.store import new_run_id
 
     threads = threads or default_threads()
     spec = RunSpec(
@@ -445,11 +445,11 @@ def profile(
     """Profile one generation (after set-up and a warm-up) with pyinstrument and the backend's own tracer."""
     from pyinstrument import Profiler
 
-    from gpt2bench.prompts import make_prompts
-    from gpt2bench.results import new_run_id
-    from gpt2bench.runner import open_session, prepare_output
-    from gpt2bench.specs import RunSpec, Sampling, default_threads
-    from gpt2bench.sysinfo import environment
+    from gpt2bench.machine.sysinfo import environment
+    from gpt2bench.measure.prompts import make_prompts
+    from gpt2bench.measure.runner import open_session, prepare_output
+    from gpt2bench.measure.spec import RunSpec, Sampling, default_threads
+    from gpt2bench.report.store import new_run_id
 
     spec = RunSpec(
         backend=backend,
@@ -503,7 +503,7 @@ def make_tiny(
     """Train (once, cached) the small GPT-2 that `--model tiny` uses for meaningful quality numbers."""
     from dataclasses import replace
 
-    from gpt2bench.tiny import TinyRecipe, tiny_model_dir
+    from gpt2bench.models.tiny import TinyRecipe, tiny_model_dir
 
     if steps is not None and steps < 1:
         raise UsageError(f"--steps must be at least 1, got {steps}")
@@ -519,7 +519,7 @@ def list_backends() -> None:
     from rich.table import Table
 
     from gpt2bench.backends import all_backends, plugin_errors
-    from gpt2bench.specs import dtype_label
+    from gpt2bench.measure.spec import dtype_label
 
     table = Table(title="gpt2bench backends")
     for col in ("backend", "available", "devices", "dtypes", "description"):

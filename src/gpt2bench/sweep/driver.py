@@ -20,12 +20,12 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
-from gpt2bench.errors import UsageError
-from gpt2bench.metrics import PER_RUN_METRICS, percentiles, summarize
-from gpt2bench.results import ResultsStore
-from gpt2bench.roofline import probe_runs, roofline_rates
-from gpt2bench.sweep_spec import BackendConfig, Cell, SweepSpec, cell_key, to_quality_settings
-from gpt2bench.sysinfo import CpuContention
+from gpt2bench.core.errors import UsageError
+from gpt2bench.machine.roofs import probe_runs, roofline_rates
+from gpt2bench.machine.sysinfo import CpuContention
+from gpt2bench.measure.metrics import PER_RUN_METRICS, percentiles, summarize
+from gpt2bench.report.store import ResultsStore
+from gpt2bench.sweep.config import BackendConfig, Cell, SweepSpec, cell_key, to_quality_settings
 
 Progress = Callable[[str], None]
 Warn = Callable[[str], None]
@@ -51,7 +51,7 @@ LAST_WORDS_S = 10.0
 
 class Worker:
     def __init__(self, spec: SweepSpec, backend: BackendConfig, run_id: str, threads: int) -> None:
-        from gpt2bench.specs import Sampling
+        from gpt2bench.measure.spec import Sampling
 
         quality = to_quality_settings(spec.quality) if spec.quality.enabled else None
         job = {
@@ -69,7 +69,7 @@ class Worker:
             },
         }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gpt2bench.worker", str(os.getpid())],  # the worker dies with us
+            [sys.executable, "-m", "gpt2bench.sweep.worker", str(os.getpid())],  # the worker dies with us
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -225,7 +225,7 @@ def resolve_model_once(spec: SweepSpec, warn: Warn) -> SweepSpec:
     fails the sweep once (not every backend's load) and every cell is checked against the model's
     context up front. A default that fell back to random weights goes on as `random`: the workers
     then load what the parent warned about, and --resume's cell keys name what was measured."""
-    from gpt2bench.models import RANDOM, resolve_model
+    from gpt2bench.models.resolve import RANDOM, resolve_model
 
     model = resolve_model(spec.model)
     if fallback := model.fallback_warning():

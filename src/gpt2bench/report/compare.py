@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from gpt2bench.collect import read_results
-from gpt2bench.errors import UsageError
-from gpt2bench.sysinfo import cpu_label
+from gpt2bench.core.errors import UsageError
+from gpt2bench.machine.sysinfo import cpu_label
+from gpt2bench.report.collect import read_results
 
 # metric -> True when lower is better
 SPEED_METRICS = {"tpot_ms": True, "ttft_ms": True, "e2e_ms": True, "decode_tps": False, "overall_tps": False}

@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from gpt2bench.errors import BenchError
+from gpt2bench.core.errors import BenchError
 
 PARTS = ("interpreter_s", "imports_s", "load_s", "first_token_s")
 
@@ -45,7 +45,7 @@ def measure(backend: str, model: str, device: str, dtype: str, threads: int, pro
     args = [
         sys.executable,
         "-m",
-        "gpt2bench.coldstart",
+        "gpt2bench.measure.coldstart",
         backend,
         model,
         device,
@@ -113,8 +113,8 @@ def child(argv: list[str]) -> None:
 
     import numpy as np
 
-    from gpt2bench.models import load_tokenizer, resolve_model
-    from gpt2bench.specs import Sampling
+    from gpt2bench.measure.spec import Sampling
+    from gpt2bench.models.resolve import load_tokenizer, resolve_model
 
     model = resolve_model(model_ref)
     backend = info.create()

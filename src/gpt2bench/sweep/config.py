@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from gpt2bench import MAX_CONTEXT
-from gpt2bench.errors import UsageError
+from gpt2bench.core.errors import UsageError
 
 TOP_KEYS = {
     "model",
@@ -181,7 +181,7 @@ def _int_list(src: str, n: _Node) -> list[int]:
 
 def load_sweep(path: Path) -> SweepSpec:
     from gpt2bench.backends import get_backend
-    from gpt2bench.specs import DEVICES, RunSpec
+    from gpt2bench.measure.spec import DEVICES, RunSpec
 
     src = str(path)
     try:
@@ -302,7 +302,7 @@ def load_sweep(path: Path) -> SweepSpec:
 
 
 def to_quality_settings(q: QualityConfig) -> Any:
-    from gpt2bench.paths import DEFAULT_TEXT
-    from gpt2bench.quality import QualitySettings
+    from gpt2bench.core.paths import DEFAULT_TEXT
+    from gpt2bench.measure.quality import QualitySettings
 
     return QualitySettings(q.window, q.stride, q.max_windows, Path(q.eval_text) if q.eval_text else DEFAULT_TEXT)

@@ -1,6 +1,6 @@
 """The memory-bandwidth bound of decoding: at batch 1 every decoded token reads every weight once,
 so TPOT >= weight bytes / read bandwidth. Pure arithmetic plus cached microbenchmarks, run in a
-helper process (`python -m gpt2bench.roofline THREADS`)."""
+helper process (`python -m gpt2bench.machine.roofs THREADS`)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gpt2bench.errors import BenchError
-from gpt2bench.fsutil import atomic_write_text
-from gpt2bench.paths import cache_dir
-from gpt2bench.sysinfo import ContentionMonitor
+from gpt2bench.core.errors import BenchError
+from gpt2bench.core.fsutil import atomic_write_text
+from gpt2bench.core.paths import cache_dir
+from gpt2bench.machine.sysinfo import ContentionMonitor
 
 log = logging.getLogger(__name__)
 # Roofs measured while other processes used more than this share of the machine are used for the
@@ -265,7 +265,7 @@ def measure_in_helper(threads: int) -> tuple[dict[str, Any], float]:
     """`measure_roofs` in a fresh process. The caller is often a measured backend's process: this
     keeps torch out of ONNX Runtime and vLLM runs and the microbenchmarks' buffers out of its memory."""
     proc = subprocess.run(
-        [sys.executable, "-m", "gpt2bench.roofline", str(threads)], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "gpt2bench.machine.roofs", str(threads)], capture_output=True, text=True, check=False
     )
     if proc.returncode != 0:
         err = proc.stderr.strip().splitlines()

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gpt2bench.errors import one_line
+from gpt2bench.core.errors import one_line
 
 
 def die_with_parent(parent: int) -> None:
@@ -49,9 +49,9 @@ def main() -> int:
         channel.write(json.dumps(message, default=str) + "\n")
         channel.flush()
 
-    from gpt2bench.quality import QualitySettings
-    from gpt2bench.runner import measure_cell, open_session
-    from gpt2bench.specs import RunSpec, Sampling
+    from gpt2bench.measure.quality import QualitySettings
+    from gpt2bench.measure.runner import measure_cell, open_session
+    from gpt2bench.measure.spec import RunSpec, Sampling
 
     job = json.loads(sys.stdin.readline())
     raw = job["spec"]

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from gpt2bench.models import MARKER, copy_tokenizer, load_tokenizer
-from gpt2bench.paths import DEFAULT_TEXT, TOKENIZER_DIR, cache_dir
+from gpt2bench.core.paths import DEFAULT_TEXT, TOKENIZER_DIR, cache_dir
+from gpt2bench.models.resolve import MARKER, copy_tokenizer, load_tokenizer
 
 TRAIN_FROM = 0.5  # fraction of the text's characters where the training part begins
 TRAINING_VERSION = 2  # in the cache name: a change of method retrains cached models
@@ -56,7 +56,7 @@ class TinyRecipe:
 
 
 def training_ids() -> np.ndarray:
-    from gpt2bench.models import load_tokenizer
+    from gpt2bench.models.resolve import load_tokenizer
 
     text = DEFAULT_TEXT.read_text(encoding="utf-8")
     return np.asarray(load_tokenizer().encode(text[int(len(text) * TRAIN_FROM) :]).ids, dtype=np.int64)

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gpt2bench.fsutil import atomic_write_text
-from gpt2bench.metrics import PER_RUN_METRICS, STATS
+from gpt2bench.core.fsutil import atomic_write_text
+from gpt2bench.measure.metrics import PER_RUN_METRICS, STATS
 
 SCHEMA_VERSION = 1
 CSV_NAME = "results.csv"
@@ -170,7 +170,7 @@ class ResultsStore:
 
 def read_document(folder: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
     """A results.json, checked: one clear error for a missing, foreign or incomplete folder."""
-    from gpt2bench.errors import BenchError
+    from gpt2bench.core.errors import BenchError
 
     path = folder / JSON_NAME
     if not folder.is_dir():

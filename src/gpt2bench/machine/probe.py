@@ -16,7 +16,7 @@ import sys
 import tempfile
 from types import TracebackType
 
-from gpt2bench.errors import BenchError
+from gpt2bench.core.errors import BenchError
 
 READY = "ready"
 
@@ -25,7 +25,7 @@ class BandwidthProbe:
     """`probe()` -> read GB/s, measured in the helper with `threads` torch threads."""
 
     def __init__(self, threads: int, size_mb: int = 256, repeats: int = 3) -> None:
-        self.args = [sys.executable, "-m", "gpt2bench.probe", str(threads), str(size_mb), str(repeats)]
+        self.args = [sys.executable, "-m", "gpt2bench.machine.probe", str(threads), str(size_mb), str(repeats)]
         self.proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> BandwidthProbe:
@@ -77,7 +77,7 @@ class BandwidthProbe:
 def serve(threads: int, size_mb: int, repeats: int) -> None:
     import torch  # noqa: F401  (imported before "ready", so no probe pays for it)
 
-    from gpt2bench.roofline import measure_read_bandwidth
+    from gpt2bench.machine.roofs import measure_read_bandwidth
 
     print(READY, flush=True)
     for _ in sys.stdin:

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gpt2bench.errors import UsageError
-from gpt2bench.paths import DEFAULT_TEXT, cache_dir
+from gpt2bench.core.errors import UsageError
+from gpt2bench.core.paths import DEFAULT_TEXT, cache_dir
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
     from gpt2bench.backends.base import Backend
-    from gpt2bench.models import ModelRef
+    from gpt2bench.models.resolve import ModelRef
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]  # [1, seq] ids -> [1, seq, vocab] logits
 NllFn = Callable[[np.ndarray], np.ndarray]  # [1, seq] ids -> [seq - 1] NLL of ids[1:]
@@ -206,7 +206,7 @@ def agreement(ref_tokens: np.ndarray, ref_logits: np.ndarray, tokens: np.ndarray
 
 
 def agreement_prompts(tokenizer: Tokenizer, settings: QualitySettings) -> np.ndarray:
-    from gpt2bench.prompts import make_prompts
+    from gpt2bench.measure.prompts import make_prompts
 
     return make_prompts(tokenizer, settings.agreement_prompt_len, settings.agreement_prompts).input_ids
 
@@ -220,7 +220,7 @@ def teacher_forced_logits(logits_fn: LogitsFn, prompts: np.ndarray, continuation
 
 
 def greedy_continuations(backend: Backend, prompts: np.ndarray, gen_len: int) -> np.ndarray:
-    from gpt2bench.specs import Sampling
+    from gpt2bench.measure.spec import Sampling
 
     return np.stack(list(backend.generate(prompts, gen_len, Sampling())), axis=1)
 
@@ -239,7 +239,7 @@ def reference_path(model: ModelRef, settings: QualitySettings) -> Path:
 
 def reference(model: ModelRef, tokenizer: Tokenizer, settings: QualitySettings) -> tuple[np.ndarray, np.ndarray, bool]:
     """(tokens, logits, cache_hit) of hf-eager fp32: computed once per model and settings."""
-    from gpt2bench.fsutil import atomic_write_bytes
+    from gpt2bench.core.fsutil import atomic_write_bytes
 
     path = reference_path(model, settings)
     try:
