@@ -51,7 +51,7 @@ def trained_model():
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from gpt2bench.models.resolve import load_tokenizer
+    from gpt2bench.models.ref import load_tokenizer
 
     return load_tokenizer()
 
@@ -82,7 +82,7 @@ def load_backend(name: str, model, **settings):
 def greedy(backend, input_ids, n: int):
     import numpy as np
 
-    from gpt2bench.measure.spec import Sampling
+    from gpt2bench.backends.base import Sampling
 
     return np.stack(list(backend.generate(input_ids, n, Sampling())), axis=1)
 

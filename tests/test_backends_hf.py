@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 
 from conftest import greedy, load_backend
-from gpt2bench.backends.base import REGISTRY, BackendInfo, get_backend
+from gpt2bench.backends.base import REGISTRY, BackendInfo, Sampling, get_backend
 from gpt2bench.core.errors import MissingExtraError, UsageError
-from gpt2bench.measure.spec import Sampling
 
 N_LAYER = 2
 PROJECTIONS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -117,7 +116,7 @@ def test_eager_cuda_matches_cpu(tiny_model, prompts, eager_tokens):
 
 @pytest.mark.slow
 def test_compiled_hf_eager_matches_eager_and_compiles_in_setup(tiny_model, prompts, eager_tokens):
-    from gpt2bench.measure.spec import Sampling
+    from gpt2bench.backends.base import Sampling
 
     compiled = load_backend("hf-eager", tiny_model, options={"compile": True})
     compiled.setup(2, 16, 30, Sampling())  # compiles here, not in the first timed generation

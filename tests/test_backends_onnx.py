@@ -8,9 +8,9 @@ import pytest
 
 from conftest import greedy, load_backend
 from gpt2bench.backends import BackendSettings, get_backend
+from gpt2bench.backends.base import Sampling
 from gpt2bench.core.errors import MissingExtraError
 from gpt2bench.measure.prompts import make_prompts
-from gpt2bench.measure.spec import Sampling
 
 pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from conftest import greedy, load_backend
+from gpt2bench.backends.base import Sampling
 from gpt2bench.measure.prompts import make_prompts
-from gpt2bench.measure.spec import Sampling
 
 # Tests compile in inductor's "default" mode: the same graphs, minutes less autotuning. The
 # production default (max-autotune-no-cudagraphs) gets one test of its own below.
@@ -219,7 +219,7 @@ def test_cuda_graphs_are_reported_as_used_only_when_inductor_captured_them(tiny_
 
 
 def test_each_cell_gets_a_cache_of_its_own_length(eager, tokenizer):
-    from gpt2bench.measure.spec import Sampling
+    from gpt2bench.backends.base import Sampling
 
     eager.setup(1, 600, 10, Sampling())
     assert eager.describe()["cache_shape"][2] == 640

@@ -7,10 +7,10 @@ import pytest
 
 from conftest import greedy, load_backend, run_python
 from gpt2bench.backends import get_backend
+from gpt2bench.backends.base import Sampling
 from gpt2bench.core.errors import MissingExtraError
 from gpt2bench.measure.harness import measure
 from gpt2bench.measure.prompts import make_prompts
-from gpt2bench.measure.spec import Sampling
 
 
 def test_missing_vllm_names_the_extra(monkeypatch):
@@ -80,7 +80,8 @@ def test_sampling_is_seeded(engine, tokenizer):
 
 def test_quality_through_log_probs_matches_the_reference(engine, tiny_model, tokenizer):
     # vLLM returns log-probs, hf-eager raw logits: agreement must compare distributions, not offsets.
-    from gpt2bench.measure.quality import QualitySettings, evaluate
+    from gpt2bench.measure.quality import evaluate
+    from gpt2bench.measure.spec import QualitySettings
 
     settings = QualitySettings(max_windows=1, agreement_prompts=1, agreement_prompt_len=8, agreement_gen_len=4)
     agreement = evaluate(engine, tiny_model, tokenizer, settings).agreement

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import run_cli, run_python
-from gpt2bench.report.store import COLUMNS
+from gpt2bench.measure.row import COLUMNS
 
 
 def _one_line_error(proc, code, *needles):
@@ -170,7 +170,7 @@ def test_run_end_to_end_writes_results(tmp_path, tiny_model, tiny_model_dir):
 
 
 def test_probe_bandwidth_sets_each_run_against_its_own_probes(tmp_path, tiny_model_dir):
-    from gpt2bench.machine.roofs import probe_runs, probed_bw_frac
+    from gpt2bench.measure.roofline import probe_runs, probed_bw_frac
 
     args = ["--backend", "hf-eager", "--model", str(tiny_model_dir), "--prompt-len", "4", "--gen-len", "4"]
     proc = run_cli("run", *args, "--repeats", "2", "--warmup", "0", "--probe-bandwidth", "--output", str(tmp_path))

@@ -6,8 +6,8 @@ import pytest
 
 from conftest import run_cli
 from gpt2bench.core.errors import BenchError
+from gpt2bench.measure.row import COLUMNS
 from gpt2bench.report.collect import read_results
-from gpt2bench.report.store import COLUMNS
 
 ZEN3 = {"cpu_model": "AMD EPYC", "cpu": {"family": "25", "model": "1", "isa": ["avx2"]}, "git": {"commit": "abc"}}
 

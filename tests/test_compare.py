@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from gpt2bench.report.compare import compare, machine_note
+from gpt2bench.report.compare import compare, key_fields, machine_note
 
 TIGHT = [10.0, 10.1, 9.9, 10.05, 9.95, 10.02, 9.98]
 
@@ -24,6 +24,9 @@ def doc(cells):
                 "gen_len": 16,
                 "batch_size": 1,
                 "model": "random",
+                "model_hash": "0123456789abcdef",
+                "threads": 2,
+                "sampling": "greedy",
                 "device": "cpu",
                 "status": "ok",
                 "label": backend,
@@ -39,7 +42,11 @@ def doc(cells):
 
 
 def verdicts(base, new, **kw):
-    return {(v.key[0], v.key[3], v.metric): v.verdict for v in compare(doc(base), doc(new), **kw)}
+    out = {}
+    for v in compare(doc(base), doc(new), **kw):
+        fields = key_fields(v.key)
+        out[(fields["backend"], int(fields["prompt_len"]), v.metric)] = v.verdict
+    return out
 
 
 def test_a_tight_20_percent_slowdown_is_flagged():

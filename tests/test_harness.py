@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 
 from conftest import TINY, load_backend
-from gpt2bench.backends.base import Backend
+from gpt2bench.backends.base import Backend, Sampling
 from gpt2bench.core.errors import BenchError
 from gpt2bench.measure.harness import measure, timed_generation
 from gpt2bench.measure.prompts import make_prompts
-from gpt2bench.measure.spec import Sampling
 from gpt2bench.models.resolve import build_random_model, resolve_model
 
 EOS = 50256

@@ -4,7 +4,8 @@ import pytest
 
 from conftest import TINY
 from gpt2bench.core.errors import BenchError
-from gpt2bench.models.resolve import MARKER, build_random_model, resolve_model, weights_hash
+from gpt2bench.models.ref import MARKER, weights_hash
+from gpt2bench.models.resolve import build_random_model, resolve_model
 
 
 def test_local_random_model_is_recorded_as_random(tiny_model, tiny_model_dir):

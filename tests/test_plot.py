@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, run_python
+from gpt2bench.measure.row import COLUMNS
 from gpt2bench.report.plot import build_figures, pareto_front, plot, run_warnings
-from gpt2bench.report.store import COLUMNS
 
 BACKENDS = {"hf-eager": (40.0, 30.0), "onnx": (18.0, 30.0), "onnx-int8": (7.0, 31.5)}  # TPOT ms, perplexity
 EMULATED = "this CPU has no bf16 instructions: PyTorch emulates bf16 here"

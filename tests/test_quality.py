@@ -7,7 +7,6 @@ import pytest
 
 from conftest import load_backend
 from gpt2bench.measure.quality import (
-    QualitySettings,
     agreement,
     evaluate,
     nll_from_logits,
@@ -16,6 +15,7 @@ from gpt2bench.measure.quality import (
     token_byte_lengths,
     windows,
 )
+from gpt2bench.measure.spec import QualitySettings
 
 
 def test_disjoint_windows_score_all_but_each_windows_first_token():

@@ -2,11 +2,12 @@ import csv
 import json
 import math
 
-from gpt2bench.report.store import COLUMNS, CSV_NAME, JSON_NAME, ResultsStore, read_document
+from gpt2bench.measure.row import COLUMNS
+from gpt2bench.report.store import CSV_NAME, JSON_NAME, ResultsStore, read_document
 
 
 def _row(i):
-    return {c: i for c in COLUMNS} | {"tpot_ms_ci95_low": math.nan, "load_export_s": 1.5}
+    return {c: i for c in COLUMNS} | {"options": "{}", "tpot_ms_ci95_low": math.nan, "load_export_s": 1.5}
 
 
 def test_store_writes_complete_files_after_every_row(tmp_path):

@@ -4,8 +4,16 @@ import time
 import pytest
 
 from conftest import run_python
+from gpt2bench.backends import get_backend
 from gpt2bench.machine import roofs as roofline
-from gpt2bench.machine.roofs import decode_weight_bytes, machine_roofs, param_count, prefill_flops, roofline_columns
+from gpt2bench.machine.roofs import machine_roofs
+from gpt2bench.measure import roofline as arithmetic
+from gpt2bench.measure.roofline import decode_weight_bytes, param_count, prefill_flops, roofline_columns
+
+
+def roof_of(roofs, backend, dtype):
+    """The roof a row of `backend` in `dtype` is held to, from the backend's declared arithmetic."""
+    return arithmetic.peak_for(roofs, get_backend(backend).arithmetic(dtype))
 
 
 def test_decode_bytes_are_every_parameter_but_the_position_table(tiny_model):
@@ -38,7 +46,7 @@ def test_roofline_columns_on_a_hand_made_row():
         "batch_size": 2,
         "prompt_len": 3,
     }
-    cols = roofline_columns(row, config, bandwidth_gbs=1e-4, peak_gflops=1e-4)
+    cols = roofline_columns(row, config, 4, bandwidth_gbs=1e-4, peak_gflops=1e-4)
     assert cols["weight_bytes_per_token"] == 336
     assert cols["decode_gbs"] == pytest.approx(336 / 0.010 / 1e9)
     assert cols["decode_bw_frac"] == pytest.approx(336 / 0.010 / 1e9 / 1e-4)
@@ -48,9 +56,9 @@ def test_roofline_columns_on_a_hand_made_row():
     assert cols["prefill_peak_frac"] == pytest.approx(flops / 0.002 / 1e9 / 1e-4)
     assert cols["bandwidth_source"] == "cached" and cols["peak_gflops"] == 1e-4
     # Probed runs replace the cached fraction: 336 B / 10 ms = 33.6 kB/s against probes of 16.8 kB/s.
-    probed = roofline_columns(row, config, 1.0, None, [(10.0, 1.68e-5, 1.68e-5)])
+    probed = roofline_columns(row, config, 4, 1.0, None, [(10.0, 1.68e-5, 1.68e-5)])
     assert probed["decode_bw_frac"] == pytest.approx(2.0) and probed["bandwidth_source"] == "probe"
-    int8 = roofline_columns({**row, "backend": "onnx-int8"}, config, None, None)
+    int8 = roofline_columns(row, config, get_backend("onnx-int8").bytes_per_weight("fp32"), None, None)
     assert int8["weight_bytes_per_token"] == 84 and int8["decode_bw_frac"] is None
 
 
@@ -113,8 +121,8 @@ def test_a_matmul_slower_than_fp32_is_a_fallback_loop_not_a_roof():
     assert roofline.native_roofs({"fp32": None, "bf16": 5.0, "int8": None}) == {"fp32": None, "bf16": 5.0, "int8": None}
     row = {"backend": "static-kv", "dtype": "bf16", "batch_size": 1, "prompt_len": 50}
     timed = {**row, "tpot_ms_median": 19.0, "ttft_ms_median": 463.0}
-    roof = roofline.peak_for({"peak_gflops": roofline.native_roofs(avx2)}, "static-kv", "bf16")
-    cols = roofline_columns(timed, {"n_embd": 768, "n_layer": 12, "vocab_size": 50257}, 20.0, roof)
+    roof = roof_of({"peak_gflops": roofline.native_roofs(avx2)}, "static-kv", "bf16")
+    cols = roofline_columns(timed, {"n_embd": 768, "n_layer": 12, "vocab_size": 50257}, 2, 20.0, roof)
     assert cols["peak_gflops"] is None and cols["prefill_peak_frac"] is None  # not 9,000% of a loop
 
 
@@ -134,17 +142,15 @@ def test_fallback_matmuls_are_screened_small_instead_of_timed_for_minutes(monkey
 
 def test_each_row_is_held_to_the_matmul_roof_of_its_arithmetic():
     roofs = {"read_bandwidth_gbs": 30.0, "peak_gflops": {"fp32": 170.0, "bf16": 400.0, "int8": 860.0}}
-    assert roofline.peak_for(roofs, "static-kv", "bf16") == 400.0
-    assert roofline.peak_for(roofs, "hf-eager", "fp32") == 170.0
-    assert roofline.peak_for(roofs, "onnx-int8", "fp32") == 860.0  # int8 activations x int8 weights
-    assert roofline.peak_for(roofs, "hf-int8-dynq", "fp32") == 860.0
-    assert roofline.peak_for(roofs, "hf-fp16-dynq", "fp32") == 170.0  # fp16 weights, fp32 arithmetic
-    assert roofline.peak_for(roofs, "vllm", "fp16") is None
-    assert roofline.peak_for({}, "hf-eager", "fp32") is None  # GPU rows: no CPU roofs
-    config = {"n_embd": 2, "n_layer": 1, "vocab_size": 3}
-    row = {"backend": "onnx-int8", "dtype": "fp32", "tpot_ms_median": 1.0, "ttft_ms_median": 1.0}
-    cols = roofline_columns({**row, "batch_size": 1, "prompt_len": 3}, config, 30.0, 860.0)
-    assert cols["compute_dtype"] == "int8" and cols["peak_gflops"] == 860.0
+    assert roof_of(roofs, "static-kv", "bf16") == 400.0
+    assert roof_of(roofs, "hf-eager", "fp32") == 170.0
+    assert roof_of(roofs, "onnx-int8", "fp32") == 860.0  # int8 activations x int8 weights
+    assert roof_of(roofs, "hf-int8-dynq", "fp32") == 860.0
+    assert roof_of(roofs, "hf-fp16-dynq", "fp32") == 170.0  # fp16 weights, fp32 arithmetic
+    assert roof_of(roofs, "vllm", "fp16") is None
+    assert roof_of({}, "hf-eager", "fp32") is None  # GPU rows: no CPU roofs
+    assert get_backend("onnx-int8").arithmetic("fp32") == "int8"
+    assert get_backend("static-kv").arithmetic("bf16") == "bf16"
 
 
 def test_summary_names_the_roof_and_says_when_there_is_none():
@@ -175,11 +181,11 @@ def test_summary_names_the_roof_and_says_when_there_is_none():
 def test_probed_fraction_pairs_each_run_with_the_probes_around_it():
     # 1 MB per token; run 1 decodes at 0.1 ms/token = 10 GB/s between probes of 18 and 22 GB/s (0.5),
     # run 2 at 0.05 ms = 20 GB/s between 22 and 42 (20/32), run 3 at 0.1 ms = 10 GB/s between 42 and 38.
-    runs = roofline.probe_runs([0.1, 0.05, 0.1], [18.0, 22.0, 42.0, 38.0])
+    runs = arithmetic.probe_runs([0.1, 0.05, 0.1], [18.0, 22.0, 42.0, 38.0])
     assert runs == [(0.1, 18.0, 22.0), (0.05, 22.0, 42.0), (0.1, 42.0, 38.0)]
-    assert roofline.probed_bw_frac(1e6, runs) == pytest.approx(0.5)  # median of 0.5, 0.625, 0.25
+    assert arithmetic.probed_bw_frac(1e6, runs) == pytest.approx(0.5)  # median of 0.5, 0.625, 0.25
     with pytest.raises(ValueError, match="one probe more than runs"):
-        roofline.probe_runs([0.1, 0.1], [20.0, 20.0])
+        arithmetic.probe_runs([0.1, 0.1], [20.0, 20.0])
 
 
 def test_roofs_measured_on_a_busy_machine_are_not_cached(monkeypatch, tmp_path, caplog):
@@ -249,3 +255,30 @@ def test_the_machines_roofs_are_measured_before_the_timed_runs(monkeypatch, tiny
     spec = RunSpec(backend="hf-eager", model=str(tiny_model_dir), prompt_len=4, gen_len=2, warmup=0, repeats=1)
     cell = run_cell(spec, "r", lambda _msg: None)
     assert order == ["roofs", "timed runs"] and cell.row["tokens_per_run"] == 2
+
+
+def test_a_backend_declares_its_weight_width_and_arithmetic_so_a_plugin_gets_roofline_columns():
+    from gpt2bench.backends.base import REGISTRY, Backend, register
+
+    @register("test-int4-weights", description="declared facts only", weight_bytes=0.5625, compute_dtype="int8")
+    class Int4(Backend):  # q4_0-like: 4.5 bits per weight with its block scales
+        def load(self, model, settings): ...
+        def generate(self, input_ids, max_new_tokens, sampling): ...
+        def logits(self, input_ids): ...
+
+    try:
+        info = get_backend("test-int4-weights")
+        assert info.bytes_per_weight("fp32") == 0.5625 and info.arithmetic("fp32") == "int8"
+        config = {"n_embd": 2, "n_layer": 1, "vocab_size": 3}
+        row = {"tpot_ms_median": 1.0, "ttft_ms_median": 1.0, "batch_size": 1, "prompt_len": 3}
+        assert (
+            roofline_columns(row, config, info.bytes_per_weight("fp32"), 30.0, None)["weight_bytes_per_token"]
+            == 84 * 0.5625
+        )
+        # Undeclared, a backend's weights are as wide as the row's dtype, its arithmetic that dtype.
+        assert (
+            get_backend("static-kv").bytes_per_weight("bf16") == 2
+            and get_backend("hf-eager").arithmetic("fp32") == "fp32"
+        )
+    finally:
+        del REGISTRY["test-int4-weights"]

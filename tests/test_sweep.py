@@ -13,10 +13,11 @@ import pytest
 
 from conftest import run_cli
 from gpt2bench.core.errors import UsageError
-from gpt2bench.machine.roofs import probed_bw_frac
+from gpt2bench.measure.roofline import probed_bw_frac
+from gpt2bench.measure.row import merge_rounds
 from gpt2bench.report.store import ResultsStore
 from gpt2bench.sweep.config import load_sweep
-from gpt2bench.sweep.driver import merge_rounds, plan
+from gpt2bench.sweep.driver import SweepRun, plan
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -131,6 +132,15 @@ def test_bad_config_from_the_cli_is_one_line(tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "unknown backend 'x'" in proc.stderr
+
+
+def _run(spec, store, model=None, threads=None):
+    """A SweepRun over `store`, as the CLI builds it (the model resolved here unless given)."""
+    from gpt2bench.measure.spec import default_threads
+    from gpt2bench.models.resolve import resolve_model
+
+    model = model or resolve_model(spec.model)
+    return SweepRun(spec, model, store, "r", threads or spec.threads or default_threads(), print, print)
 
 
 def _rows(out):
@@ -343,7 +353,8 @@ def test_ctrl_c_during_a_sweeps_quality_keeps_the_cells_timed_runs(tmp_path, tin
     assert row["label"] == "hf-eager" and row["prompt_len"] == 4 and row["status"] == "ok"
     assert row["tokens_per_run"] == 3 and row["repeats"] == 2 and row["tpot_ms_median"] > 0
     assert row["quality_error"].startswith("interrupted") and row.get("ppl") is None
-    assert len(plan(load_sweep(config), ResultsStore.load(out))[0][1]) == 2  # both hf-eager cells are still to do
+    # both hf-eager cells are still to do
+    assert len(plan(_run(load_sweep(config), ResultsStore.load(out)))[0][1]) == 2
 
 
 def _children(pid):
@@ -482,17 +493,20 @@ def test_a_worker_that_times_out_is_killed_and_a_fresh_one_takes_the_next_cell(t
 
 
 def test_resume_retries_failed_cells_and_cells_whose_quality_failed(tmp_path):
-    from types import SimpleNamespace
-
-    from gpt2bench.sweep.config import cell_key
+    from gpt2bench.measure.row import failed_row, spec_fields
+    from gpt2bench.models.ref import ModelRef
 
     spec = load_sweep(
         _write(tmp_path, BASE.format(out=tmp_path / "out", model="random") + "backends: [{name: onnx}]\n")
     )
     (backend,) = spec.backends
     small, large = spec.cells
-    keys = [cell_key(spec.model, backend, c, spec.device) for c in (small, large)]
-    store = SimpleNamespace(rows=[{"cell_key": keys[0], "status": "ok"}, {"cell_key": keys[1], "status": "failed"}])
-    assert plan(spec, store) == [(backend, [large])]
-    store.rows[0]["quality_error"] = "UsageError: the eval text is 1 token(s) long"
-    assert plan(spec, store) == [(backend, [small, large])]
+    model = ModelRef("random", tmp_path, "random", "0123456789abcdef")
+    run = _run(spec, ResultsStore(tmp_path / "out", {}), model, threads=2)
+    ok = spec_fields(run.cell_spec(backend, small), model, "r")
+    run.store.rows = [ok, failed_row(run.cell_spec(backend, large), model, "r", "boom")]
+    assert plan(run) == [(backend, [large])]
+    ok["quality_error"] = "UsageError: the eval text is 1 token(s) long"
+    assert plan(run) == [(backend, [small, large])]
+    # Measured with other threads, the same cell is another configuration: still to do.
+    assert plan(_run(spec, run.store, model, threads=1)) == [(backend, [small, large])]

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from gpt2bench.models.resolve import weights_hash
+from gpt2bench.models.ref import weights_hash
 from gpt2bench.models.tiny import RARE_IDS, TinyRecipe, train, training_ids
 
 RECIPE = TinyRecipe(n_layer=1, n_head=2, n_embd=32, n_positions=32, seq_len=32, batch_size=1, steps=3)

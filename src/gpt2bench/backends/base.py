@@ -12,15 +12,49 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+
 from gpt2bench.core.errors import MissingExtraError, UsageError
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    import numpy as np
+    from gpt2bench.models.ref import ModelRef
 
-    from gpt2bench.measure.spec import Sampling
-    from gpt2bench.models.resolve import ModelRef
+
+@dataclass(frozen=True)
+class Sampling:
+    """temperature 0 means greedy argmax, the default: it makes every backend's tokens comparable."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0 = no top-k cut
+    top_p: float = 1.0  # 1 = no nucleus cut
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def label(self) -> str:
+        if self.greedy:
+            return "greedy"
+        return f"sample(t={self.temperature:g},k={self.top_k},p={self.top_p:g},seed={self.seed})"
+
+    def validate(self) -> None:
+        if self.temperature < 0:
+            raise UsageError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise UsageError(f"top-k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise UsageError(f"top-p must be in (0, 1], got {self.top_p}")
+
+
+def logits_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Negative log-likelihood (nats) of each target under its row of [n, vocab] logits, in float64."""
+    x = logits.astype(np.float64)
+    x -= x.max(axis=-1, keepdims=True)
+    log_z = np.log(np.exp(x).sum(axis=-1))
+    return log_z - x[np.arange(len(targets)), targets]
 
 
 @dataclass(frozen=True)
@@ -75,9 +109,7 @@ class Backend(ABC):
     def token_nll(self, input_ids: np.ndarray) -> np.ndarray:
         """[1, T] ids -> [T-1] negative log-likelihoods (nats) of ids[1:], each given the tokens
         before it, for perplexity. From `logits` unless a backend has an exact cheaper path."""
-        from gpt2bench.measure.quality import token_nll
-
-        return token_nll(self.logits(input_ids)[0, :-1], input_ids[0, 1:])
+        return logits_nll(self.logits(input_ids)[0, :-1], input_ids[0, 1:])
 
     def trace(self, run: Callable[[], None], out_dir: Path) -> Path | None:
         """Run `run` under this backend's own profiler and write its trace into out_dir (torch
@@ -116,6 +148,19 @@ class BackendInfo:
     dtypes: tuple[str, ...] = ("fp32",)
     options: tuple[str, ...] = ()  # the --option keys this backend understands
     imports: tuple[str, ...] = ()  # heavy modules its load needs (for cold-start timing)
+    # Roofline facts, where they are not the row's dtype: bytes per weight as the backend stores
+    # them (int8 weights: 1, fbgemm's fp16 weights: 2), and the arithmetic its matmuls run in
+    # (fbgemm's fp16 widens to fp32; int8 backends quantize activations too and multiply int8).
+    weight_bytes: float | None = None
+    compute_dtype: str | None = None
+
+    def bytes_per_weight(self, dtype: str) -> float:
+        """What one weight of a row in `dtype` occupies in memory, as this backend stores it."""
+        return self.weight_bytes if self.weight_bytes is not None else BYTES_PER_PARAM.get(dtype, 4)
+
+    def arithmetic(self, dtype: str) -> str:
+        """The dtype of this backend's matmuls for a row in `dtype`: which matmul roof applies."""
+        return self.compute_dtype or dtype
 
     def missing(self) -> tuple[str, str] | None:
         """The first (module, extra) that is not installed, without importing anything."""
@@ -135,6 +180,7 @@ class BackendInfo:
         return self.cls()
 
 
+BYTES_PER_PARAM = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
 REGISTRY: dict[str, BackendInfo] = {}
 _plugin_errors: list[str] | None = None  # None until plugins are imported
 
@@ -166,12 +212,18 @@ def register(
     dtypes: tuple[str, ...] = ("fp32",),
     options: tuple[str, ...] = (),
     imports: tuple[str, ...] = (),
+    weight_bytes: float | None = None,
+    compute_dtype: str | None = None,
 ) -> Callable[[type[Backend]], type[Backend]]:
+    """Register a backend class under `name`; the keywords are BackendInfo's fields."""
+
     def decorate(cls: type[Backend]) -> type[Backend]:
         if name in REGISTRY:
             raise ValueError(f"backend '{name}' registered twice")
         cls.name = name
-        REGISTRY[name] = BackendInfo(name, cls, description, requires, devices, dtypes, options, imports)
+        REGISTRY[name] = BackendInfo(
+            name, cls, description, requires, devices, dtypes, options, imports, weight_bytes, compute_dtype
+        )
         return cls
 
     return decorate

@@ -18,8 +18,8 @@ from gpt2bench.backends.torch_common import TorchDevice, make_generator, select_
 if TYPE_CHECKING:
     import torch
 
-    from gpt2bench.measure.spec import Sampling
-    from gpt2bench.models.resolve import ModelRef
+    from gpt2bench.backends.base import Sampling
+    from gpt2bench.models.ref import ModelRef
 
 
 @register(
@@ -158,6 +158,8 @@ class _DynamicQuant(HFEager):
     "hf-fp16-dynq",
     imports=("torch", "transformers"),
     description="hf-eager with every linear layer dynamically quantized to fp16 weights",
+    weight_bytes=2,
+    compute_dtype="fp32",  # fbgemm widens the fp16 weights and multiplies in fp32
 )
 class HFFp16DynQuant(_DynamicQuant):
     quant_dtype = "float16"
@@ -167,6 +169,8 @@ class HFFp16DynQuant(_DynamicQuant):
     "hf-int8-dynq",
     imports=("torch", "transformers"),
     description="hf-eager with every linear layer dynamically quantized to qint8",
+    weight_bytes=1,
+    compute_dtype="int8",  # activations are quantized per call too: int8 x int8
 )
 class HFInt8DynQuant(_DynamicQuant):
     quant_dtype = "qint8"

@@ -20,8 +20,8 @@ from gpt2bench.backends.sampling import make_rng, select_next
 from gpt2bench.core.errors import BenchError, UsageError
 
 if TYPE_CHECKING:
-    from gpt2bench.measure.spec import Sampling
-    from gpt2bench.models.resolve import ModelRef
+    from gpt2bench.backends.base import Sampling
+    from gpt2bench.models.ref import ModelRef
 
 REQUIRES = (("onnxruntime", "onnx"), ("onnx", "onnx"))
 COMMON_OPTIONS = ("rebuild", "ort_opt_level")
@@ -213,6 +213,8 @@ class OnnxOptBackend(_OrtBackend):
     requires=REQUIRES,
     devices=("cpu",),
     options=(*COMMON_OPTIONS, "weight_type", "per_channel"),
+    weight_bytes=1,
+    compute_dtype="int8",  # dynamic quantization: activations quantized per call, int8 x int8
 )
 class OnnxInt8Backend(_OrtBackend):
     variant = "onnx-int8"

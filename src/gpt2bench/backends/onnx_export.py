@@ -14,8 +14,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -29,9 +27,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from gpt2bench.core.errors import BenchError
-from gpt2bench.core.fsutil import atomic_write_text
+from gpt2bench.core.fsutil import atomic_write_text, publish_folder
 from gpt2bench.core.paths import cache_dir
-from gpt2bench.models.resolve import ModelRef
+from gpt2bench.models.ref import ModelRef
 
 log = logging.getLogger("gpt2bench")
 
@@ -296,47 +294,46 @@ def build(model: ModelRef, variant: str, options: dict[str, Any], rebuild: bool 
         return Artifact(folder / "model.onnx", manifest, phases)
     if problem not in ("missing", "rebuild requested"):
         log.warning("cached %s artifact in %s is corrupt (%s); rebuilding it", variant, folder, problem)
-
     parent = build(model, PARENT[variant], options, rebuild) if variant in PARENT else None
     if parent:
         phases = {**parent.phases, **phases}
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{variant}-", dir=folder.parent))
-    try:
-        t0 = time.perf_counter()
+    built: dict[str, Any] = {}
+
+    def write(tmp: Path) -> None:
         target = tmp / "model.onnx"
+        t0 = time.perf_counter()
         with _quiet_builders():
-            if parent is None:
-                info, phase = export_onnx(model.path, target), "export_s"
-            elif variant == "onnx-opt":
-                config = model.config()
-                info, phase = optimize_onnx(parent.path, target, config["n_head"], config["n_embd"]), "optimize_s"
-            else:
-                info = quantize_onnx(parent.path, target, options["weight_type"], options["per_channel"])
-                phase = "quantize_s"
+            info, phase = _build_variant(model, variant, options, parent, target)
         phases[phase] = time.perf_counter() - t0
         phases[f"{variant}_cache_hit"] = 0.0
-        manifest = {
-            "key": key,
-            "fields": fields,
-            "size": target.stat().st_size,
-            "sha256": _sha256(target),
-            "build_s": phases[phase],
-            "info": info,
-            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
-        if folder.exists():
-            shutil.rmtree(folder)
-        try:
-            tmp.rename(folder)
-        except OSError:
-            # Another process finished the same artifact first; use theirs if it is intact.
-            theirs, _ = verify(folder)
-            if theirs is None:
-                raise
-            manifest = theirs
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return Artifact(folder / "model.onnx", manifest, phases)
+        built["manifest"] = _manifest(key, fields, target, phases[phase], info)
+        atomic_write_text(tmp / "manifest.json", json.dumps(built["manifest"], indent=1))
+
+    ours = publish_folder(folder, write, finished=lambda f: verify(f)[0] is not None, replace=rebuild)
+    # Another process finished the same artifact first: theirs is intact, use it.
+    manifest = built["manifest"] if ours else verify(folder)[0]
+    return Artifact(folder / "model.onnx", manifest or {}, phases)
+
+
+def _build_variant(
+    model: ModelRef, variant: str, options: dict[str, Any], parent: Artifact | None, target: Path
+) -> tuple[dict[str, Any], str]:
+    """Write `variant` to `target` (from its parent's artifact); its info and its phase's name."""
+    if parent is None:
+        return export_onnx(model.path, target), "export_s"
+    if variant == "onnx-opt":
+        config = model.config()
+        return optimize_onnx(parent.path, target, config["n_head"], config["n_embd"]), "optimize_s"
+    return quantize_onnx(parent.path, target, options["weight_type"], options["per_channel"]), "quantize_s"
+
+
+def _manifest(key: str, fields: dict[str, Any], target: Path, build_s: float, info: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "key": key,
+        "fields": fields,
+        "size": target.stat().st_size,
+        "sha256": _sha256(target),
+        "build_s": build_s,
+        "info": info,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }

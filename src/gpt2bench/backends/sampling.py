@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpt2bench.measure.spec import Sampling
+from gpt2bench.backends.base import Sampling
 
 
 def make_rng(sampling: Sampling) -> np.random.Generator | None:

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from gpt2bench.backends.base import Backend, BackendSettings, register
-from gpt2bench.backends.torch_common import TorchDevice, emulated_on_cpu, torch_device, torch_dtype
+from gpt2bench.backends.torch_common import TorchDevice, emulated_on_cpu, sampling_probs, torch_device, torch_dtype
 from gpt2bench.core.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
 
-    from gpt2bench.measure.spec import Sampling
-    from gpt2bench.models.resolve import ModelRef
+    from gpt2bench.backends.base import Sampling
+    from gpt2bench.models.ref import ModelRef
 
 CACHE_ROUND = 64  # cache length rounded up, so nearby cells share a compiled graph
 # Where bf16/fp16 is emulated, calls with at least this many rows (batch x tokens) run their GEMMs
@@ -53,16 +53,7 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: floa
 
     if temperature == 0.0:
         return logits.argmax(dim=-1)
-    scores = logits.float() / temperature
-    if top_k:
-        kth = torch.topk(scores, min(top_k, scores.shape[-1]), dim=-1).values[:, -1:]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
-        probs = sorted_scores.softmax(dim=-1)
-        drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
-        scores = scores.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
-    probs = scores.softmax(dim=-1)
+    probs = sampling_probs(logits, temperature, top_k, top_p)
     noise = torch.empty_like(probs).exponential_(1)
     return (probs / noise).argmax(dim=-1)
 

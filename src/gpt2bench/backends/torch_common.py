@@ -11,7 +11,7 @@ from gpt2bench.core.errors import BenchError
 if TYPE_CHECKING:
     import torch
 
-    from gpt2bench.measure.spec import Sampling
+    from gpt2bench.backends.base import Sampling
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -71,19 +71,26 @@ def select_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Gener
 
     if sampling.greedy:
         return logits.argmax(dim=-1)
-    scores = logits.float() / sampling.temperature
-    if sampling.top_k:
-        kth = torch.topk(scores, min(sampling.top_k, scores.shape[-1]), dim=-1).values[:, -1:]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if sampling.top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
-        cum = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-        # Drop a token when the mass before it already reaches top_p; the best token always stays.
-        drop_sorted = (cum - sorted_scores.softmax(dim=-1)) >= sampling.top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        scores = scores.masked_fill(drop, float("-inf"))
-    probs = scores.softmax(dim=-1)
+    probs = sampling_probs(logits, sampling.temperature, sampling.top_k, sampling.top_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """[batch, vocab] logits -> the distribution to sample from: temperature, then the top-k and
+    top-p cuts. No host sync, so a compiled or captured step (static-kv) can use it too."""
+    import torch
+
+    scores = logits.float() / temperature
+    if top_k:
+        kth = torch.topk(scores, min(top_k, scores.shape[-1]), dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
+        probs = sorted_scores.softmax(dim=-1)
+        # Drop a token when the mass before it already reaches top_p; the best token always stays.
+        drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
+        scores = scores.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    return scores.softmax(dim=-1)
 
 
 def torch_trace(run: Callable[[], None], out_dir: Path, cuda: bool) -> Path:

@@ -36,8 +36,8 @@ from gpt2bench.core.errors import BenchError, UsageError
 from gpt2bench.core.paths import cache_dir
 
 if TYPE_CHECKING:
-    from gpt2bench.measure.spec import Sampling
-    from gpt2bench.models.resolve import ModelRef
+    from gpt2bench.backends.base import Sampling
+    from gpt2bench.models.ref import ModelRef
 
 VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 

@@ -1,7 +1,9 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic writes: a reader sees the old file (or folder) or the new one, never half of one."""
 
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -29,3 +31,31 @@ def check_writable(folder: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".probe-", dir=folder)
     os.close(fd)
     os.unlink(tmp)
+
+
+def publish_folder(
+    target: Path, build: Callable[[Path], None], finished: Callable[[Path], bool], replace: bool = False
+) -> bool:
+    """Build a folder beside `target` and rename it into place, so no reader ever sees half of one.
+
+    `build(tmp)` fills a fresh temporary folder next to `target`; `finished(folder)` says whether a
+    folder is complete. A `target` that exists but is not finished (an interrupted or corrupt build)
+    is replaced, and so is a finished one with `replace` (a rebuild asked for). If another process
+    published a finished `target` while we built, theirs is kept and ours discarded. Returns True
+    when ours was published, False when a rival's was kept."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+        if target.exists() and (replace or not finished(target)):
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not finished(target):
+                raise
+            return False
+        return True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,18 +1,16 @@
-"""The memory-bandwidth bound of decoding: at batch 1 every decoded token reads every weight once,
-so TPOT >= weight bytes / read bandwidth. Pure arithmetic plus cached microbenchmarks, run in a
-helper process (`python -m gpt2bench.machine.roofs THREADS`)."""
+"""The machine's roofs: its read bandwidth and peak matmul rate per arithmetic, measured by
+microbenchmarks in a helper process (`python -m gpt2bench.machine.roofs THREADS`) and cached per
+machine. What a row does with them is measure/roofline.py's arithmetic."""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import statistics
 import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from gpt2bench.core.errors import BenchError
@@ -25,122 +23,9 @@ log = logging.getLogger(__name__)
 # run at hand but not cached: a busy moment once halved every later row's roofs here.
 MAX_OTHER_CPU_FRAC = 0.10
 
-BYTES_PER_PARAM = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
-# Backends whose weights are stored narrower than their activation dtype says.
-BACKEND_WEIGHT_BYTES = {"hf-fp16-dynq": 2, "hf-int8-dynq": 1, "onnx-int8": 1}
-# The arithmetic a backend's matmuls run in, where it is not the row's dtype: fbgemm's fp16
-# dynamic quantization widens the weights and multiplies in fp32; the int8 backends quantize the
-# activations too and multiply int8 by int8.
-BACKEND_COMPUTE_DTYPE = {"hf-fp16-dynq": "fp32", "hf-int8-dynq": "int8", "onnx-int8": "int8"}
 # Matmul roofs measured per arithmetic: on a CPU with AVX512-BF16 or VNNI, bf16 and int8 matmuls
 # run 2-5x faster than fp32, so a bf16 prefill set against the fp32 roof read as 160% of peak.
 PEAK_DTYPES = ("fp32", "bf16", "int8")
-
-
-def rate_unit(arithmetic: str | None) -> str:
-    """int8 matmuls count integer operations, not floating-point ones (the columns keep one name)."""
-    return "GOP/s" if arithmetic == "int8" else "GFLOP/s"
-
-
-def compute_dtype(backend: str, dtype: str) -> str:
-    return BACKEND_COMPUTE_DTYPE.get(backend, dtype)
-
-
-def decode_weight_bytes(config: dict[str, Any], bytes_per_param: float) -> float:
-    """Bytes of weights one decode step reads: every block's parameters, the final LayerNorm and
-    the (tied) embedding matrix as lm_head. The embedding lookups read one row each: ignored."""
-    width, layers, vocab = config["n_embd"], config["n_layer"], config["vocab_size"]
-    inner = config.get("n_inner") or 4 * width
-    attention = width * 3 * width + 3 * width + width * width + width
-    mlp = width * inner + inner + inner * width + width
-    norms = 2 * 2 * width
-    return (layers * (attention + mlp + norms) + 2 * width + vocab * width) * bytes_per_param
-
-
-def param_count(config: dict[str, Any]) -> tuple[int, int]:
-    """(matmul parameters per token, embedding-table parameters) of GPT-2: the first is what a
-    forward pass multiplies each token by (blocks + lm_head), for FLOP counting."""
-    width, layers, vocab = config["n_embd"], config["n_layer"], config["vocab_size"]
-    inner = config.get("n_inner") or 4 * width
-    per_layer = width * 3 * width + width * width + 2 * width * inner
-    return layers * per_layer + vocab * width, vocab * width
-
-
-def prefill_flops(config: dict[str, Any], batch: int, prompt: int) -> float:
-    """Multiply-adds x 2 of a prefill: every weight matrix once per token, plus causal attention
-    (QK^T and AV over on average (prompt+1)/2 keys per query)."""
-    matmul_params, _ = param_count(config)
-    attention = 2 * 2 * config["n_layer"] * config["n_embd"] * prompt * (prompt + 1) / 2
-    return batch * (2 * matmul_params * prompt + attention)
-
-
-def roofline_columns(
-    row: dict[str, Any],
-    config: dict[str, Any],
-    bandwidth_gbs: float | None,
-    peak_gflops: float | None,
-    probed: Sequence[tuple[float, float, float]] = (),
-) -> dict[str, Any]:
-    """Per-row roofline figures: the cell's costs from the model config, then `roofline_rates`.
-    `peak_gflops` is the matmul roof of the row's compute dtype (see `compute_dtype`)."""
-    bytes_per_param = BACKEND_WEIGHT_BYTES.get(row["backend"], BYTES_PER_PARAM.get(row["dtype"], 4))
-    weight_bytes = decode_weight_bytes(config, bytes_per_param)
-    gflop = prefill_flops(config, row["batch_size"], row["prompt_len"]) / 1e9
-    rates = roofline_rates(
-        weight_bytes, gflop, row.get("tpot_ms_median"), row.get("ttft_ms_median"), bandwidth_gbs, peak_gflops, probed
-    )
-    return {**rates, "compute_dtype": compute_dtype(row["backend"], row["dtype"])}
-
-
-def roofline_rates(
-    weight_bytes: float,
-    prefill_gflop: float,
-    tpot_ms: float | None,
-    ttft_ms: float | None,
-    bandwidth_gbs: float | None,
-    peak_gflops: float | None,
-    probed: Sequence[tuple[float, float, float]] = (),
-) -> dict[str, Any]:
-    """Decode at batch B still reads every weight once per step, so achieved bandwidth = weight
-    bytes / TPOT; prefill efficiency = FLOPs / TTFT against peak. With `probed` runs
-    ((TPOT, probe before, probe after) each, see `probe_runs`), the bandwidth fraction is theirs."""
-    tpot_s = (tpot_ms or math.nan) / 1e3
-    ttft_s = (ttft_ms or math.nan) / 1e3
-    achieved = weight_bytes / tpot_s / 1e9 if tpot_s > 0 else None
-    gflops = prefill_gflop / ttft_s if ttft_s > 0 else None
-    if probed:
-        bw_frac: float | None = probed_bw_frac(weight_bytes, probed)
-    else:
-        bw_frac = achieved / bandwidth_gbs if achieved and bandwidth_gbs else None
-    return {
-        "weight_bytes_per_token": weight_bytes,
-        "decode_gbs": achieved,
-        "decode_bw_frac": bw_frac,
-        "read_bandwidth_gbs": bandwidth_gbs,
-        "bandwidth_source": "probe" if probed else "cached" if bandwidth_gbs else None,
-        "prefill_gflop": prefill_gflop,
-        "prefill_gflops": gflops,
-        "peak_gflops": peak_gflops,
-        "prefill_peak_frac": gflops / peak_gflops if gflops and peak_gflops else None,
-    }
-
-
-def probe_runs(tpot_ms: Sequence[float], bandwidth_gbs: Sequence[float]) -> list[tuple[float, float, float]]:
-    """(TPOT, probe before, probe after) per run, from runs probed before each and after the last."""
-    if len(bandwidth_gbs) != len(tpot_ms) + 1:
-        raise ValueError(f"need one probe more than runs, got {len(bandwidth_gbs)} for {len(tpot_ms)} runs")
-    return list(zip(tpot_ms, bandwidth_gbs, bandwidth_gbs[1:], strict=False))
-
-
-def probed_bw_frac(weight_bytes: float, runs: Sequence[tuple[float, float, float]]) -> float:
-    """Median over runs of (achieved decode bandwidth / mean of the two probes around that run).
-
-    Pairing each run with its own moment cancels what a shared machine does to both, which a
-    bandwidth measured once (or at another time) cannot: here the probe moved between 25 and 46
-    GB/s within minutes.
-    """
-    fracs = [weight_bytes / (tpot / 1e3) / 1e9 / ((before + after) / 2) for tpot, before, after in runs if tpot > 0]
-    return statistics.median(fracs) if fracs else math.nan
 
 
 def _matmul_kernels(dtype: str, size: int) -> list[Callable[[], Any]]:
@@ -302,9 +187,15 @@ def machine_roofs(
     return roofs
 
 
-def peak_for(roofs: dict[str, Any], backend: str, dtype: str) -> float | None:
-    """The matmul roof a row of `backend` in `dtype` is held to (None if not measured)."""
-    return roofs.get("peak_gflops", {}).get(compute_dtype(backend, dtype))
+def machine_report(threads: int, refresh: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`gpt2bench env`'s facts: the environment with torch's view of the machine (so torch is
+    imported, with `threads`), and the roofs at `threads`."""
+    import torch
+
+    from gpt2bench.machine.sysinfo import environment
+
+    torch.set_num_threads(threads)
+    return environment(), machine_roofs(threads, refresh)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,15 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gpt2bench.core.errors import BenchError
+
+if TYPE_CHECKING:
+    from gpt2bench.measure.spec import RunSpec
 
 PARTS = ("interpreter_s", "imports_s", "load_s", "first_token_s")
 
@@ -78,6 +83,35 @@ def measure_processes(
     return runs, None
 
 
+def measure_and_save(
+    spec: RunSpec, output: Path, warn: Callable[[str], None]
+) -> tuple[Path, dict[str, Any], BaseException | None]:
+    """Resolve the model once, time `spec.repeats` fresh processes, write coldstart.json. Returns
+    its path, the document and what stopped the processes early (None when all finished)."""
+    from gpt2bench.core.fsutil import atomic_write_text
+    from gpt2bench.machine.sysinfo import environment
+    from gpt2bench.measure.row import new_run_id
+    from gpt2bench.measure.runner import check_fits
+    from gpt2bench.models.resolve import resolve_model
+
+    # Resolved here, once: the children load from the local folder, as a deployment loads weights
+    # from disk, so no child's load time holds a Hub lookup, an offline fallback or tiny's training.
+    ref = resolve_model(spec.model)
+    if fallback := ref.fallback_warning():
+        warn(fallback)
+    check_fits(spec, ref)
+    runs, stopped = measure_processes(
+        spec.repeats, spec.backend, str(ref.path), spec.device, spec.dtype, spec.threads, spec.prompt_len
+    )
+    doc = document(runs, ref.as_record(), spec.as_record(), environment())
+    if stopped is not None:
+        doc["stopped"] = "interrupted (Ctrl-C)" if isinstance(stopped, KeyboardInterrupt) else str(stopped)
+    folder = output / new_run_id(f"coldstart-{spec.backend}")
+    folder.mkdir(parents=True)
+    atomic_write_text(folder / "coldstart.json", json.dumps(doc, indent=1))
+    return folder / "coldstart.json", doc, stopped
+
+
 def document(runs: list[ColdStart], model: dict[str, Any], spec: dict[str, Any], env: dict[str, Any]) -> dict:
     """What `coldstart --output` writes: every process's parts, their median/min/max, the model and
     the machine, as every result is recorded."""
@@ -113,8 +147,9 @@ def child(argv: list[str]) -> None:
 
     import numpy as np
 
-    from gpt2bench.measure.spec import Sampling
-    from gpt2bench.models.resolve import load_tokenizer, resolve_model
+    from gpt2bench.backends.base import Sampling
+    from gpt2bench.models.ref import load_tokenizer
+    from gpt2bench.models.resolve import resolve_model
 
     model = resolve_model(model_ref)
     backend = info.create()

@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gpt2bench.backends.base import Backend, BackendSettings
+from gpt2bench.backends.base import Backend, BackendSettings, Sampling
 from gpt2bench.core.errors import BenchError
 from gpt2bench.machine.sysinfo import ContentionMonitor, CpuContention, peak_rss_mb, reset_peak_rss, rss_mb
 from gpt2bench.measure.metrics import PER_RUN_METRICS, RunMetrics, percentiles, run_metrics, summarize
 from gpt2bench.measure.prompts import Prompts
-from gpt2bench.measure.spec import Sampling
-from gpt2bench.models.resolve import ModelRef
+from gpt2bench.models.ref import ModelRef
 
 Clock = Callable[[], int]
 

@@ -27,7 +27,6 @@ _CHARS_PER_TOKEN_GUESS = 8
 class Prompts:
     input_ids: np.ndarray  # int64 [batch, prompt_len]
     tokenize_s: float  # wall time to encode the source text the windows were cut from
-    tokenized_chars: int
     source: str
 
     @property
@@ -57,4 +56,4 @@ def make_prompts(tokenizer: Tokenizer, prompt_len: int, batch_size: int, text_pa
     if len(ids) < need:
         raise UsageError(f"{text_path.name} has {len(ids)} tokens, fewer than prompt-len x batch-size = {need}")
     rows = np.asarray(ids[:need], dtype=np.int64).reshape(batch_size, prompt_len)
-    return Prompts(rows, tokenize_s, len(chunk), text_path.name)
+    return Prompts(rows, tokenize_s, text_path.name)

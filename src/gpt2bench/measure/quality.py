@@ -13,55 +13,27 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gpt2bench.backends.base import Sampling, logits_nll
 from gpt2bench.core.errors import UsageError
-from gpt2bench.core.paths import DEFAULT_TEXT, cache_dir
+from gpt2bench.core.paths import cache_dir
+from gpt2bench.measure.spec import QualitySettings
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
     from gpt2bench.backends.base import Backend
-    from gpt2bench.models.resolve import ModelRef
+    from gpt2bench.models.ref import ModelRef
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]  # [1, seq] ids -> [1, seq, vocab] logits
 NllFn = Callable[[np.ndarray], np.ndarray]  # [1, seq] ids -> [seq - 1] NLL of ids[1:]
 LN2 = math.log(2)
-
-
-@dataclass(frozen=True)
-class QualitySettings:
-    window: int | None = None  # None: the model's context (1024 for GPT-2)
-    stride: int | None = None  # None: equal to window (disjoint windows)
-    max_windows: int | None = 4  # None: the whole text
-    text: Path = DEFAULT_TEXT
-    agreement_prompts: int = 4
-    agreement_prompt_len: int = 32
-    agreement_gen_len: int = 32
-
-    def validate(self, n_positions: int = 1024) -> None:
-        window = self.window_for(n_positions)
-        if not 2 <= window <= n_positions:
-            raise UsageError(f"perplexity window must be in [2, {n_positions}] (the model's context), got {window}")
-        if self.stride is not None and not 1 <= self.stride <= window:
-            raise UsageError(f"perplexity stride must be in [1, window], got {self.stride}")
-        if self.max_windows is not None and self.max_windows < 1:
-            raise UsageError(f"max windows must be at least 1, got {self.max_windows}")
-        if not self.text.is_file():
-            raise UsageError(f"eval text '{self.text}' does not exist")
-        if self.text.stat().st_size == 0:
-            raise UsageError(f"eval text '{self.text}' is empty")
-
-    def window_for(self, n_positions: int) -> int:
-        return self.window if self.window is not None else n_positions
-
-    def record(self) -> dict[str, Any]:
-        return {**asdict(self), "text": str(self.text)}
 
 
 def windows(n_tokens: int, window: int, stride: int) -> Iterator[tuple[int, int, int]]:
@@ -78,14 +50,6 @@ def windows(n_tokens: int, window: int, stride: int) -> Iterator[tuple[int, int,
             break
 
 
-def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Negative log-likelihood (nats) of each target under its row of logits, in float64."""
-    x = logits.astype(np.float64)
-    x -= x.max(axis=-1, keepdims=True)
-    log_z = np.log(np.exp(x).sum(axis=-1))
-    return log_z - x[np.arange(len(targets)), targets]
-
-
 @dataclass(frozen=True)
 class Perplexity:
     ppl: float
@@ -100,7 +64,7 @@ class Perplexity:
 
 
 def nll_from_logits(logits_fn: LogitsFn) -> NllFn:
-    return lambda window: token_nll(logits_fn(window)[0, :-1], window[0, 1:])
+    return lambda window: logits_nll(logits_fn(window)[0, :-1], window[0, 1:])
 
 
 def perplexity(
@@ -220,8 +184,6 @@ def teacher_forced_logits(logits_fn: LogitsFn, prompts: np.ndarray, continuation
 
 
 def greedy_continuations(backend: Backend, prompts: np.ndarray, gen_len: int) -> np.ndarray:
-    from gpt2bench.measure.spec import Sampling
-
     return np.stack(list(backend.generate(prompts, gen_len, Sampling())), axis=1)
 
 
@@ -237,14 +199,14 @@ def reference_path(model: ModelRef, settings: QualitySettings) -> Path:
     return cache_dir() / "reference" / f"hf-eager-fp32-{digest}.npz"
 
 
-def reference(model: ModelRef, tokenizer: Tokenizer, settings: QualitySettings) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(tokens, logits, cache_hit) of hf-eager fp32: computed once per model and settings."""
+def reference(model: ModelRef, tokenizer: Tokenizer, settings: QualitySettings) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, logits) of hf-eager fp32: computed once per model and settings, then cached."""
     from gpt2bench.core.fsutil import atomic_write_bytes
 
     path = reference_path(model, settings)
     try:
         with np.load(path) as data:
-            return data["tokens"], data["logits"], True
+            return data["tokens"], data["logits"]
     except (OSError, KeyError, ValueError):
         pass
     import torch
@@ -264,14 +226,13 @@ def reference(model: ModelRef, tokenizer: Tokenizer, settings: QualitySettings) 
     buf = io.BytesIO()
     np.savez(buf, tokens=tokens, logits=logits)
     atomic_write_bytes(path, buf.getvalue())
-    return tokens, logits, False
+    return tokens, logits
 
 
 @dataclass(frozen=True)
 class QualityResult:
     perplexity: Perplexity
     agreement: Agreement
-    reference_cached: bool
     window: int
     stride: int
 
@@ -299,10 +260,8 @@ def evaluate(backend: Backend, model: ModelRef, tokenizer: Tokenizer, settings: 
     ppl = perplexity(
         backend.token_nll, ids, token_byte_lengths(tokenizer), window, settings.stride, settings.max_windows
     )
-    ref_tokens, ref_logits, cached = reference(model, tokenizer, settings)
+    ref_tokens, ref_logits = reference(model, tokenizer, settings)
     prompts = agreement_prompts(tokenizer, settings)
     tokens = greedy_continuations(backend, prompts, settings.agreement_gen_len)
     logits = teacher_forced_logits(backend.logits, prompts, ref_tokens)
-    return QualityResult(
-        ppl, agreement(ref_tokens, ref_logits, tokens, logits), cached, window, settings.stride or window
-    )
+    return QualityResult(ppl, agreement(ref_tokens, ref_logits, tokens, logits), window, settings.stride or window)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from typing import Any
 
 from gpt2bench.core.errors import UsageError, one_line
 from gpt2bench.core.fsutil import check_writable
+from gpt2bench.measure.row import ok_row, spec_fields
 from gpt2bench.measure.spec import RunSpec, oversubscription
 
 QUALITY_INTERRUPTED = "interrupted (Ctrl-C) before quality finished"
@@ -76,7 +76,8 @@ def open_session(spec: RunSpec, warn: Callable[[str], None], check_cell: bool = 
     cell as it comes instead)."""
     from gpt2bench.backends import BackendSettings, get_backend
     from gpt2bench.measure.harness import timed_load
-    from gpt2bench.models.resolve import load_tokenizer, resolve_model
+    from gpt2bench.models.ref import load_tokenizer
+    from gpt2bench.models.resolve import resolve_model
 
     spec.validate()
     if crowded := oversubscription(spec.threads):
@@ -100,7 +101,6 @@ def measure_cell(
     spec: RunSpec,
     run_id: str,
     label: str = "",
-    cell_key: str = "",
     on_step: Callable[[str, int, int], None] | None = None,
 ) -> CellResult:
     """Measure one (prompt, gen, batch) cell with an open session; `spec` names the cell."""
@@ -109,7 +109,7 @@ def measure_cell(
     from gpt2bench.measure.prompts import make_prompts
 
     spec.validate()
-    backend, model, tokenizer, load = session.backend, session.model, session.tokenizer, session.load
+    backend, model, tokenizer = session.backend, session.model, session.tokenizer
     check_fits(spec, model)
     prompts = make_prompts(tokenizer, spec.prompt_len, spec.batch_size)
     probe = session.probe(spec.threads) if spec.probe_bandwidth else None
@@ -119,73 +119,41 @@ def measure_cell(
     m = measure(backend, prompts, spec.gen_len, spec.sampling, spec.warmup, spec.repeats, on_step, probe)
     details = backend.describe()
     quality = _quality(backend, model, tokenizer, spec.quality, on_step) if spec.quality is not None else {}
-
     env = environment()
-    stats = m.stats()
-    row: dict[str, Any] = {
-        "schema_version": 1,
-        "run_id": run_id,
-        "label": label or (spec.backend if spec.dtype == "fp32" else f"{spec.backend}@{spec.dtype}"),
-        "cell_key": cell_key,
-        "status": "ok",
-        "error": "",
-        "backend": spec.backend,
-        "model": model.reference,
-        "model_hash": model.weights_hash,
-        "weights": model.weights,
-        "device": spec.device,
-        "dtype": spec.dtype,
-        "threads": spec.threads,
-        "batch_size": spec.batch_size,
-        "prompt_len": spec.prompt_len,
-        "gen_len": spec.gen_len,
-        "warmup": spec.warmup,
-        "repeats": spec.repeats,
-        "sampling": spec.sampling.label(),
-        "options": json.dumps(spec.options, sort_keys=True),
-        "prepare_s": load.prepare_s,
-        "load_s": load.load_s,
-        "setup_s": m.setup_s,
-        "tokenize_ms": prompts.tokenize_s * 1e3,
-        "tokens_per_run": m.tokens_per_run,
-        "tokens_consistent": m.tokens_consistent,
-        **{f"{metric}_{stat}": value for metric, s in stats.items() for stat, value in s.items()},
-        **{f"itl_ms_{k}": v for k, v in m.itl_percentiles().items()},
-        # decode_tps counts every sequence of the batch; this is what one request sees.
-        "decode_tps_per_seq_median": stats["decode_tps"]["median"] / spec.batch_size,
-        "rss_after_load_mb": load.rss_after_load_mb,
-        "peak_rss_mb": m.peak_rss_mb,
-        "peak_rss_scope": m.peak_rss_scope,
-        "other_cpu_s": m.contention.other_cpu_s,
-        "other_cpu_frac": m.contention.other_cpu_frac,
-        "timestamp_utc": env["timestamp_utc"],
-        "git_commit": env["git"]["commit"],
-        "gpt2bench_version": env["gpt2bench_version"],
-        **quality,
-        **load.phases,
-        **m.setup_phases,
-        **m.device_memory,
-    }
-    row.update(_roofline(row, model, roofs, [r.tpot_ms for r in m.runs], m.bandwidth_gbs))
-    first = m.generations[0].tokens[0]
-    sample_text = tokenizer.decode(first.tolist())
-    samples = {
-        "run_id": run_id,
-        "cell_key": cell_key,
-        "per_run": {name: [r.scalars()[name] for r in m.runs] for name in stats},
+    row = ok_row(spec_fields(spec, model, run_id, label), session.load, m, prompts, env, quality)
+    row.update(_roofline(spec, row, model, roofs, [r.tpot_ms for r in m.runs], m.bandwidth_gbs))
+    sample_text = tokenizer.decode(m.generations[0].tokens[0].tolist())
+    samples = _samples(spec, row, m, prompts, sample_text, details, backend.warnings(), env)
+    return CellResult(row, samples, details, model, sample_text, env)
+
+
+def _samples(
+    spec: RunSpec,
+    row: dict[str, Any],
+    m: Any,
+    prompts: Any,
+    sample_text: str,
+    details: dict[str, Any],
+    warnings: list[str],
+    env: dict[str, Any],
+) -> dict[str, Any]:
+    """The raw record beside a row in results.json: per-repetition figures, ids, the spec."""
+    return {
+        "run_id": row["run_id"],
+        "cell_key": row["cell_key"],
+        "per_run": {name: [r.scalars()[name] for r in m.runs] for name in m.stats()},
         "itl_ms": [list(r.itl_ms) for r in m.runs],
         "prompt_ids": prompts.input_ids.tolist(),
         "generated_ids": [g.tokens.tolist() for g in m.generations[:1]],
         "sample_text": sample_text,
         "backend_details": details,
-        "warnings": backend.warnings(),  # as printed at load: e.g. an arithmetic this CPU only emulates
-        "spec": {**spec.as_record(), "quality": spec.quality.record() if spec.quality else None},
+        "warnings": warnings,  # as printed at load: e.g. an arithmetic this CPU only emulates
+        "spec": spec.as_record(),
         "contention_wall_s": m.contention.wall_s,
         "contention_windows": m.contention.windows,
         "bandwidth_gbs": m.bandwidth_gbs,  # probes around the timed runs, when asked for
         "torch": env["torch"],
     }
-    return CellResult(row, samples, details, model, sample_text, env)
 
 
 def run_cell(
@@ -206,18 +174,23 @@ def _machine_roofs(device: str, threads: int) -> dict[str, Any]:
 
 
 def _roofline(
-    row: dict[str, Any], model: Any, roofs: dict[str, Any], tpot_ms: list[float], probed: list[float]
+    spec: RunSpec, row: dict[str, Any], model: Any, roofs: dict[str, Any], tpot_ms: list[float], probed: list[float]
 ) -> dict[str, Any]:
-    """Roofline columns. With probes around the runs, the bandwidth is theirs and each run is set
-    against its own moment."""
+    """Roofline columns, from the backend's declared weight width and arithmetic. With probes
+    around the runs, the bandwidth is theirs and each run is set against its own moment."""
     import statistics
 
-    from gpt2bench.machine.roofs import peak_for, probe_runs, roofline_columns
+    from gpt2bench.backends.base import get_backend
+    from gpt2bench.measure.roofline import peak_for, probe_runs, roofline_columns
 
+    info = get_backend(spec.backend)
+    arithmetic = info.arithmetic(spec.dtype)
     bandwidth = statistics.median(probed) if probed else roofs.get("read_bandwidth_gbs")
     runs = probe_runs(tpot_ms, probed) if probed else []
-    peak = peak_for(roofs, row["backend"], row["dtype"])
-    return roofline_columns(row, model.config(), bandwidth, peak, runs)
+    columns = roofline_columns(
+        row, model.config(), info.bytes_per_weight(spec.dtype), bandwidth, peak_for(roofs, arithmetic), runs
+    )
+    return {**columns, "compute_dtype": arithmetic}
 
 
 def _quality(

@@ -3,15 +3,16 @@ is loaded, so bad input costs nothing and leaves nothing behind."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from gpt2bench import MAX_CONTEXT
+from gpt2bench.backends.base import Sampling  # the backend contract's; re-exported for callers of the spec
 from gpt2bench.core.errors import UsageError
-
-if TYPE_CHECKING:
-    from gpt2bench.measure.quality import QualitySettings
+from gpt2bench.core.paths import DEFAULT_TEXT
 
 DEVICES = ("cpu", "cuda")
 DTYPES = ("fp32", "bf16", "fp16")
@@ -43,30 +44,33 @@ def oversubscription(threads: int) -> str | None:
 
 
 @dataclass(frozen=True)
-class Sampling:
-    """temperature 0 means greedy argmax, the default: it makes every backend's tokens comparable."""
+class QualitySettings:
+    window: int | None = None  # None: the model's context (1024 for GPT-2)
+    stride: int | None = None  # None: equal to window (disjoint windows)
+    max_windows: int | None = 4  # None: the whole text
+    text: Path = DEFAULT_TEXT
+    agreement_prompts: int = 4
+    agreement_prompt_len: int = 32
+    agreement_gen_len: int = 32
 
-    temperature: float = 0.0
-    top_k: int = 0  # 0 = no top-k cut
-    top_p: float = 1.0  # 1 = no nucleus cut
-    seed: int = 0
+    def validate(self, n_positions: int = 1024) -> None:
+        window = self.window_for(n_positions)
+        if not 2 <= window <= n_positions:
+            raise UsageError(f"perplexity window must be in [2, {n_positions}] (the model's context), got {window}")
+        if self.stride is not None and not 1 <= self.stride <= window:
+            raise UsageError(f"perplexity stride must be in [1, window], got {self.stride}")
+        if self.max_windows is not None and self.max_windows < 1:
+            raise UsageError(f"max windows must be at least 1, got {self.max_windows}")
+        if not self.text.is_file():
+            raise UsageError(f"eval text '{self.text}' does not exist")
+        if self.text.stat().st_size == 0:
+            raise UsageError(f"eval text '{self.text}' is empty")
 
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
+    def window_for(self, n_positions: int) -> int:
+        return self.window if self.window is not None else n_positions
 
-    def label(self) -> str:
-        if self.greedy:
-            return "greedy"
-        return f"sample(t={self.temperature:g},k={self.top_k},p={self.top_p:g},seed={self.seed})"
-
-    def validate(self) -> None:
-        if self.temperature < 0:
-            raise UsageError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise UsageError(f"top-k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise UsageError(f"top-p must be in (0, 1], got {self.top_p}")
+    def record(self) -> dict[str, Any]:
+        return {**asdict(self), "text": str(self.text)}
 
 
 @dataclass(frozen=True)
@@ -126,4 +130,21 @@ class RunSpec:
             self.quality.validate()
 
     def as_record(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field as JSON-safe values (the eval text's path as a string)."""
+        record = asdict(self)
+        if self.quality is not None:
+            record["quality"] = self.quality.record()
+        return record
+
+    def to_json(self) -> str:
+        """The spec as the one wire format between a sweep and its workers (see `from_json`)."""
+        return json.dumps(self.as_record(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunSpec:
+        raw = json.loads(text)
+        quality = raw.pop("quality")
+        return cls(
+            **{**raw, "sampling": Sampling(**raw["sampling"])},
+            quality=QualitySettings(**{**quality, "text": Path(quality["text"])}) if quality else None,
+        )

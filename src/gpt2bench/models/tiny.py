@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from gpt2bench.core.fsutil import publish_folder
 from gpt2bench.core.paths import DEFAULT_TEXT, TOKENIZER_DIR, cache_dir
-from gpt2bench.models.resolve import MARKER, copy_tokenizer, load_tokenizer
+from gpt2bench.models.ref import MARKER, copy_tokenizer, load_tokenizer
 
 TRAIN_FROM = 0.5  # fraction of the text's characters where the training part begins
 TRAINING_VERSION = 2  # in the cache name: a change of method retrains cached models
@@ -56,8 +55,6 @@ class TinyRecipe:
 
 
 def training_ids() -> np.ndarray:
-    from gpt2bench.models.resolve import load_tokenizer
-
     text = DEFAULT_TEXT.read_text(encoding="utf-8")
     return np.asarray(load_tokenizer().encode(text[int(len(text) * TRAIN_FROM) :]).ids, dtype=np.int64)
 
@@ -118,9 +115,8 @@ def train(recipe: TinyRecipe, out: Path, log: Any = print) -> dict[str, Any]:
         "final_loss": float(np.mean(losses[-10:])),  # over the seen ids' softmax
         "train_tokens": recipe.steps * recipe.batch_size * recipe.seq_len,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".training-", dir=out.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         model.eval().save_pretrained(tmp, safe_serialization=True)
         copy_tokenizer(tmp)
         marker = {
@@ -130,11 +126,9 @@ def train(recipe: TinyRecipe, out: Path, log: Any = print) -> dict[str, Any]:
             "data": f"{DEFAULT_TEXT.name} from {TRAIN_FROM:.0%} of its characters",
         }
         (tmp / MARKER).write_text(json.dumps(marker, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    # Training is deterministic, so a rival's finished folder holds the same weights as ours.
+    publish_folder(out, build, finished=lambda folder: (folder / MARKER).is_file(), replace=True)
     return stats
 
 
@@ -145,6 +139,3 @@ def tiny_model_dir(recipe: TinyRecipe = TinyRecipe(), rebuild: bool = False, log
         log(f"training {recipe.name()} (once; cached in {out})")
         train(recipe, out, log)
     return out
-
-
-__all__ = ["TinyRecipe", "load_tokenizer", "tiny_model_dir", "train"]

@@ -4,20 +4,17 @@ measurement of each configuration, one model, one CPU."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from gpt2bench.core.errors import BenchError
 from gpt2bench.machine.sysinfo import cpu_label
-from gpt2bench.report.store import JSON_NAME, SCHEMA_VERSION, read_document
+from gpt2bench.measure.row import SCHEMA_VERSION, config_key, identity, measured_options
+from gpt2bench.report.store import JSON_NAME, read_document
 
 Row = dict[str, Any]
 # What a label alone does not say about a run; labels that cover several get it appended.
 HIDDEN = ("options", "threads", "sampling")
-# Options that say how cached artifacts are prepared (export the ONNX files again), not what is
-# measured: a run with rebuild=true measured the same configuration as one without.
-PREPARATION_ONLY = ("rebuild",)
 
 
 def read_results(folder: Path, required: tuple[str, ...] = (), model: str | None = None) -> dict[str, Any]:
@@ -36,28 +33,12 @@ def read_results(folder: Path, required: tuple[str, ...] = (), model: str | None
     return combine(docs, name or str(folder), model)
 
 
-def _options(row: Row) -> dict[str, Any]:
-    value = row.get("options")
-    options = json.loads(value) if isinstance(value, str) and value else dict(value or {})
-    return {k: v for k, v in options.items() if k not in PREPARATION_ONLY}
-
-
-def _value(row: Row, key: str) -> str:
-    return json.dumps(_options(row), sort_keys=True) if key == "options" else str(row.get(key))
-
-
-def _identity(row: Row) -> tuple[Any, ...]:
-    """One configuration measured: a later measurement of it replaces an earlier one."""
-    keys = ("backend", "dtype", "device", "prompt_len", "gen_len", "batch_size", "model_hash")
-    return tuple(_value(row, k) for k in (*keys, *HIDDEN))
-
-
 def _describe(row: Row, differing: list[str]) -> str:
     parts = []
     for key in differing:
         value = row.get(key)
         if key == "options":
-            parts.append(", ".join(f"{k}={v}" for k, v in sorted(_options(row).items())) or "default options")
+            parts.append(", ".join(f"{k}={v}" for k, v in measured_options(value).items()) or "default options")
         elif key == "threads":
             parts.append(f"{value} threads")
         else:
@@ -72,10 +53,19 @@ def _relabel(rows: list[Row]) -> None:
     for row in rows:
         by_label.setdefault(row["label"], []).append(row)
     for same_label in by_label.values():
-        differing = [k for k in HIDDEN if len({_value(r, k) for r in same_label}) > 1]
+        differing = [k for k in HIDDEN if len({identity(r)[k] for r in same_label}) > 1]
         if differing:
             for row in same_label:
                 row["label"] += _describe(row, differing)
+
+
+def newest_of_each(entries: list[tuple[Row, dict[str, Any], dict[str, Any]]]) -> list[tuple[Row, Any, Any]]:
+    """Per configuration (measure/row.py's identity), the newest successful measurement; a failed
+    one only where no success of that configuration exists (then the newest failure)."""
+    latest: dict[str, tuple[Row, Any, Any]] = {}
+    for entry in sorted(entries, key=lambda e: (e[0].get("status") == "ok", str(e[0].get("timestamp_utc") or ""))):
+        latest[config_key(entry[0])] = entry
+    return list(latest.values())
 
 
 def combine(docs: list[dict[str, Any]], name: str, model: str | None = None) -> dict[str, Any]:
@@ -100,10 +90,7 @@ def combine(docs: list[dict[str, Any]], name: str, model: str | None = None) -> 
     cpus = sorted({cpu_label(e[2]) for e in ok})
     if len(cpus) > 1:
         raise BenchError(f"'{name}' holds results from {len(cpus)} CPUs ({'; '.join(cpus)}): plot them apart")
-    latest: dict[tuple[Any, ...], tuple[Row, dict[str, Any], dict[str, Any]]] = {}
-    for entry in sorted(entries, key=lambda e: str(e[0].get("timestamp_utc") or "")):  # failed rows have none
-        latest[_identity(entry[0])] = entry
-    kept = list(latest.values())
+    kept = newest_of_each(entries)
     rows = [dict(row) for row, _, _ in kept]
     _relabel(rows)
     newest = max(kept, key=lambda e: str(e[0].get("timestamp_utc") or ""))[2]

@@ -11,7 +11,6 @@ greedy agreement) have no samples; they are judged by the threshold alone.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import numpy as np
 
 from gpt2bench.core.errors import UsageError
 from gpt2bench.machine.sysinfo import cpu_label
+from gpt2bench.measure.row import IDENTITY_FIELDS, identity
 from gpt2bench.report.collect import read_results
 
 # metric -> True when lower is better
@@ -62,24 +62,30 @@ def power_note(verdicts: list[Verdict], alpha: float) -> str | None:
     )
 
 
-def config_key(row: dict[str, Any]) -> tuple[Any, ...]:
-    """What makes two rows the same measurement: backend, options, dtype, cell, model."""
-    options = row.get("options") or "{}"
-    if not isinstance(options, str):
-        options = json.dumps(options, sort_keys=True)
-    return (
-        row["backend"],
-        row.get("dtype", "fp32"),
-        options,
-        row["prompt_len"],
-        row["gen_len"],
-        row["batch_size"],
-        row.get("model"),
-        row.get("device", "cpu"),
-    )
+Key = tuple[str, ...]
 
 
-def _samples(doc: dict[str, Any]) -> dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, list[float]]]]:
+def config_key(row: dict[str, Any]) -> Key:
+    """The configuration a row measured (measure/row.py's identity): two rows with the same key
+    are the same measurement, one per side."""
+    return tuple(identity(row).values())
+
+
+def key_fields(key: Key) -> dict[str, str]:
+    return dict(zip(IDENTITY_FIELDS, key, strict=True))
+
+
+def _reference_key(key: Key, reference: str) -> Key:
+    """The reference backend in its plain configuration (fp32, default options), same cell and settings."""
+    fields = {**key_fields(key), "backend": reference, "dtype": "fp32", "options": "{}"}
+    return tuple(fields.values())
+
+
+def _is_reference(key: Key, reference: str | None) -> bool:
+    return reference is not None and key == _reference_key(key, reference)
+
+
+def _samples(doc: dict[str, Any]) -> dict[Key, tuple[dict[str, Any], dict[str, list[float]]]]:
     out = {}
     samples = doc.get("samples") or [{}] * len(doc["rows"])
     for row, sample in zip(doc["rows"], samples, strict=False):
@@ -95,13 +101,23 @@ def _values(row: dict[str, Any], per_run: dict[str, list[float]], metric: str) -
     return values
 
 
-def _normalizer(table: dict, key: tuple[Any, ...], reference: str, metric: str) -> float | None:
-    ref_key = (reference, "fp32", "{}", *key[3:])  # the reference in its plain configuration
+def _normalizer(table: dict, key: Key, reference: str, metric: str) -> float | None:
+    ref_key = _reference_key(key, reference)
     if ref_key not in table:
         return None
     row, per_run = table[ref_key]
     values = _values(row, per_run, metric)
     return float(np.median(values)) if values else None
+
+
+def _check(metrics: tuple[str, ...], threshold: float, quality_threshold: float, alpha: float) -> None:
+    for metric in metrics:
+        if metric not in SPEED_METRICS:
+            raise UsageError(f"unknown metric '{metric}' (choose from: {', '.join(SPEED_METRICS)})")
+    if threshold < 0 or quality_threshold < 0:
+        raise UsageError(f"thresholds must be >= 0, got {min(threshold, quality_threshold)}")
+    if not 0 < alpha < 1:
+        raise UsageError(f"alpha must be between 0 and 1, got {alpha}")
 
 
 def compare(
@@ -113,56 +129,61 @@ def compare(
     alpha: float = 0.05,
     normalize: str | None = None,
 ) -> list[Verdict]:
-    from scipy.stats import mannwhitneyu
-
-    for metric in metrics:
-        if metric not in SPEED_METRICS:
-            raise UsageError(f"unknown metric '{metric}' (choose from: {', '.join(SPEED_METRICS)})")
-    if threshold < 0 or quality_threshold < 0:
-        raise UsageError(f"thresholds must be >= 0, got {min(threshold, quality_threshold)}")
-    if not 0 < alpha < 1:
-        raise UsageError(f"alpha must be between 0 and 1, got {alpha}")
+    _check(metrics, threshold, quality_threshold, alpha)
     base, cand = _samples(baseline), _samples(new)
     for table, which in ((base, "baseline"), (cand, "new run")):
-        if normalize and not any(k[0] == normalize and k[1:3] == ("fp32", "{}") for k in table):
+        if normalize and not any(_is_reference(k, normalize) for k in table):
             raise UsageError(f"--normalize {normalize}: the {which} has no {normalize} rows (fp32, no options)")
     verdicts: list[Verdict] = []
     for key in list(base) + [k for k in cand if k not in base]:
         if key not in cand or key not in base:
             verdicts.append(Verdict(key, "-", None, None, None, None, "missing" if key not in cand else "new"))
             continue
-        (b_row, b_runs), (n_row, n_runs) = base[key], cand[key]
-        if normalize and key[0] == normalize and key[1:3] == ("fp32", "{}"):
+        if _is_reference(key, normalize):
             verdicts.append(Verdict(key, "-", None, None, None, None, "reference"))
         else:
-            for metric in metrics:
-                b, n = _values(b_row, b_runs, metric), _values(n_row, n_runs, metric)
-                if normalize:
-                    b_ref, n_ref = _normalizer(base, key, normalize, metric), _normalizer(cand, key, normalize, metric)
-                    if not b_ref or not n_ref:
-                        verdicts.append(Verdict(key, metric, None, None, None, None, "missing"))
-                        continue
-                    b, n = [v / b_ref for v in b], [v / n_ref for v in n]
-                if not b or not n:
-                    continue
-                b_med, n_med = float(np.median(b)), float(np.median(n))
-                ratio = n_med / b_med if b_med else math.inf
-                p = float(mannwhitneyu(n, b, alternative="two-sided").pvalue) if len(b) > 1 and len(n) > 1 else None
-                significant = p is None or p < alpha
-                worse = ratio > 1 + threshold if SPEED_METRICS[metric] else ratio < 1 - threshold
-                better = ratio < 1 - threshold if SPEED_METRICS[metric] else ratio > 1 + threshold
-                verdict = "slower" if significant and worse else "faster" if significant and better else "same"
-                verdicts.append(Verdict(key, metric, b_med, n_med, ratio, p, verdict, (len(b), len(n))))
-        for metric, lower_better in QUALITY_METRICS.items():
-            b_val, n_val = b_row.get(metric), n_row.get(metric)
-            if b_val is None or n_val is None:
-                continue
-            ratio = n_val / b_val if b_val else math.inf
-            worse = ratio > 1 + quality_threshold if lower_better else ratio < 1 - quality_threshold
-            better = ratio < 1 - quality_threshold if lower_better else ratio > 1 + quality_threshold
-            verdicts.append(
-                Verdict(key, metric, b_val, n_val, ratio, None, "worse" if worse else "better" if better else "same")
-            )
+            verdicts += [_speed(base, cand, key, m, threshold, alpha, normalize) for m in metrics]
+        verdicts += _quality(base[key][0], cand[key][0], key, quality_threshold)
+    return [v for v in verdicts if v is not None]
+
+
+def _speed(
+    base: dict, cand: dict, key: Key, metric: str, threshold: float, alpha: float, normalize: str | None
+) -> Verdict | None:
+    """One speed metric of one configuration: both significant and beyond the threshold to count."""
+    from scipy.stats import mannwhitneyu
+
+    (b_row, b_runs), (n_row, n_runs) = base[key], cand[key]
+    b, n = _values(b_row, b_runs, metric), _values(n_row, n_runs, metric)
+    if normalize:
+        b_ref, n_ref = _normalizer(base, key, normalize, metric), _normalizer(cand, key, normalize, metric)
+        if not b_ref or not n_ref:
+            return Verdict(key, metric, None, None, None, None, "missing")
+        b, n = [v / b_ref for v in b], [v / n_ref for v in n]
+    if not b or not n:
+        return None
+    b_med, n_med = float(np.median(b)), float(np.median(n))
+    ratio = n_med / b_med if b_med else math.inf
+    p = float(mannwhitneyu(n, b, alternative="two-sided").pvalue) if len(b) > 1 and len(n) > 1 else None
+    significant = p is None or p < alpha
+    worse = ratio > 1 + threshold if SPEED_METRICS[metric] else ratio < 1 - threshold
+    better = ratio < 1 - threshold if SPEED_METRICS[metric] else ratio > 1 + threshold
+    verdict = "slower" if significant and worse else "faster" if significant and better else "same"
+    return Verdict(key, metric, b_med, n_med, ratio, p, verdict, (len(b), len(n)))
+
+
+def _quality(b_row: dict[str, Any], n_row: dict[str, Any], key: Key, threshold: float) -> list[Verdict]:
+    """Quality columns have no samples: judged by the threshold alone."""
+    verdicts = []
+    for metric, lower_better in QUALITY_METRICS.items():
+        b_val, n_val = b_row.get(metric), n_row.get(metric)
+        if b_val is None or n_val is None:
+            continue
+        ratio = n_val / b_val if b_val else math.inf
+        worse = ratio > 1 + threshold if lower_better else ratio < 1 - threshold
+        better = ratio < 1 - threshold if lower_better else ratio > 1 + threshold
+        verdict = "worse" if worse else "better" if better else "same"
+        verdicts.append(Verdict(key, metric, b_val, n_val, ratio, None, verdict))
     return verdicts
 
 
@@ -177,7 +198,9 @@ def markdown(verdicts: list[Verdict], normalized_to: str | None) -> str:
         "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     for v in verdicts:
-        backend, dtype, options, prompt, gen, batch = v.key[:6]
+        fields = key_fields(v.key)
+        backend, dtype, options = fields["backend"], fields["dtype"], fields["options"]
+        prompt, gen, batch = fields["prompt_len"], fields["gen_len"], fields["batch_size"]
         mark = f"**{v.verdict}**" if v.verdict in (*REGRESSIONS, "missing") else v.verdict
         lines.append(
             f"| {backend} | {dtype} | {options} | {prompt} | {gen} | {batch} | {v.metric} | {_num(v.baseline)} | "

@@ -8,97 +8,15 @@ import csv
 import io
 import json
 import math
-import secrets
-import time
 from pathlib import Path
 from typing import Any
 
+from gpt2bench.core.errors import BenchError
 from gpt2bench.core.fsutil import atomic_write_text
-from gpt2bench.measure.metrics import PER_RUN_METRICS, STATS
+from gpt2bench.measure.row import COLUMNS, SCHEMA_VERSION, config_key
 
-SCHEMA_VERSION = 1
 CSV_NAME = "results.csv"
 JSON_NAME = "results.json"
-
-# Columns every row has, in this order; backend-specific extras (load phases...) follow.
-IDENTITY_COLUMNS = [
-    "schema_version",
-    "run_id",
-    "label",
-    "cell_key",
-    "status",
-    "error",
-    "backend",
-    "model",
-    "model_hash",
-    "weights",
-    "device",
-    "dtype",
-    "threads",
-    "batch_size",
-    "prompt_len",
-    "gen_len",
-    "warmup",
-    "repeats",
-    "sampling",
-    "options",
-]
-MEASURE_COLUMNS = [
-    "prepare_s",
-    "load_s",
-    "setup_s",
-    "tokenize_ms",
-    "tokens_per_run",
-    "tokens_consistent",
-    *[f"{m}_{s}" for m in PER_RUN_METRICS for s in STATS],
-    "itl_ms_p50",
-    "itl_ms_p90",
-    "itl_ms_p99",
-    "decode_tps_per_seq_median",
-    "rss_after_load_mb",
-    "peak_rss_mb",
-    "peak_rss_scope",
-    "other_cpu_s",
-    "other_cpu_frac",
-    "timestamp_utc",
-    "git_commit",
-    "gpt2bench_version",
-]
-# Empty unless the run asked for --quality (see quality.py for definitions).
-QUALITY_COLUMNS = [
-    "ppl",
-    "ppl_window",
-    "ppl_stride",
-    "bits_per_byte",
-    "ppl_tokens",
-    "ppl_windows",
-    "agree_greedy",
-    "agree_first_divergence",
-    "agree_top1",
-    "agree_kl_mean",
-    "agree_max_abs_logprob",
-    "quality_s",
-    "quality_error",  # why quality failed; the row's speed figures stand
-]
-# See roofline.py: weight bytes read per decoded token, achieved GB/s, share of the measured read
-# bandwidth; prefill GFLOP, achieved GFLOP/s, share of the measured peak matmul rate.
-ROOFLINE_COLUMNS = [
-    "weight_bytes_per_token",
-    "decode_gbs",
-    "decode_bw_frac",
-    "read_bandwidth_gbs",
-    "bandwidth_source",  # "probe": measured around this row's runs; "cached": once per machine
-    "prefill_gflop",
-    "prefill_gflops",
-    "compute_dtype",  # the arithmetic of the backend's matmuls: which roof applies
-    "peak_gflops",  # the matmul roof (of compute_dtype) prefill_peak_frac is taken against
-    "prefill_peak_frac",
-]
-COLUMNS = IDENTITY_COLUMNS + MEASURE_COLUMNS + QUALITY_COLUMNS + ROOFLINE_COLUMNS
-
-
-def new_run_id(label: str) -> str:
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{label}-{secrets.token_hex(2)}"
 
 
 def _clean(value: Any) -> Any:
@@ -113,7 +31,8 @@ def _clean(value: Any) -> Any:
 
 
 class ResultsStore:
-    """A results folder: add() a finished row and both files are on disk, complete, at once."""
+    """A results folder: add() a finished row and both files are on disk, complete, at once. The
+    columns and the row's identity are measure/row.py's; this is where rows are kept."""
 
     def __init__(self, folder: Path, environment: dict[str, Any], meta: dict[str, Any] | None = None) -> None:
         self.folder = folder
@@ -135,10 +54,10 @@ class ResultsStore:
         return store
 
     def add(self, row: dict[str, Any], samples: dict[str, Any]) -> None:
-        """Append a finished row; a retried cell replaces its earlier (failed) row."""
-        key = row.get("cell_key")
+        """Append a finished row; a configuration measured again replaces its earlier row."""
+        key = config_key(row)
         if key:
-            keep = [i for i, r in enumerate(self.rows) if r.get("cell_key") != key]
+            keep = [i for i, r in enumerate(self.rows) if config_key(r) != key]
             self.rows = [self.rows[i] for i in keep]
             self.samples = [self.samples[i] for i in keep]
         self.rows.append(row)
@@ -170,8 +89,6 @@ class ResultsStore:
 
 def read_document(folder: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
     """A results.json, checked: one clear error for a missing, foreign or incomplete folder."""
-    from gpt2bench.core.errors import BenchError
-
     path = folder / JSON_NAME
     if not folder.is_dir():
         raise BenchError(f"results folder '{folder}' does not exist")
@@ -187,7 +104,8 @@ def read_document(folder: Path, required: tuple[str, ...] = ()) -> dict[str, Any
     rows = doc.get("rows")
     if not isinstance(rows, list) or not rows:
         raise BenchError(f"'{path}' holds no result rows")
-    for column in required:
-        if not any(column in row for row in rows):
+    ok = [row for row in rows if isinstance(row, dict) and row.get("status") == "ok"]
+    for column in required:  # failed rows have no timings; with no ok row the caller says so
+        if ok and not any(column in row for row in ok):
             raise BenchError(f"'{path}' lacks the column '{column}'")
     return doc

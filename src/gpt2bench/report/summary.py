@@ -11,9 +11,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from gpt2bench.machine.roofs import rate_unit
 from gpt2bench.measure.metrics import PER_RUN_METRICS
-from gpt2bench.report.store import COLUMNS
+from gpt2bench.measure.roofline import rate_unit
+from gpt2bench.measure.row import COLUMNS
 
 LABELS = {
     "ttft_ms": "TTFT ms",

@@ -22,8 +22,6 @@ backends:
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,9 @@ import yaml
 
 from gpt2bench import MAX_CONTEXT
 from gpt2bench.core.errors import UsageError
+from gpt2bench.core.paths import DEFAULT_TEXT
+from gpt2bench.measure.row import label
+from gpt2bench.measure.spec import DEVICES, QualitySettings, RunSpec
 
 TOP_KEYS = {
     "model",
@@ -70,7 +71,7 @@ class BackendConfig:
     label: str = ""
 
     def display(self) -> str:
-        return self.label or (self.name if self.dtype == "fp32" else f"{self.name}@{self.dtype}")
+        return label(self.name, self.dtype, self.label)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,11 @@ class QualityConfig:
     stride: int | None = None
     max_windows: int | None = 4
     eval_text: str | None = None
+
+    def settings(self) -> QualitySettings:
+        return QualitySettings(
+            self.window, self.stride, self.max_windows, Path(self.eval_text) if self.eval_text else DEFAULT_TEXT
+        )
 
 
 @dataclass(frozen=True)
@@ -98,18 +104,35 @@ class SweepSpec:
     quality: QualityConfig = field(default_factory=QualityConfig)
     source: str = ""
 
+    def quality_settings(self) -> QualitySettings:
+        return self.quality.settings()
 
-def cell_key(model: str | None, backend: BackendConfig, cell: Cell, device: str) -> str:
-    """Identity of one result row, for --resume: what was measured, not when or how long."""
-    raw = {
-        "model": model,
-        "backend": backend.name,
-        "dtype": backend.dtype,
-        "options": backend.options,
-        "device": device,
-        **cell.__dict__,
-    }
-    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
+    def run_spec(
+        self,
+        backend: BackendConfig,
+        cell: Cell,
+        threads: int,
+        warmup: int | None = None,
+        repeats: int | None = None,
+        quality: bool = False,
+    ) -> RunSpec:
+        """What a worker measures for `backend` on `cell`: the sweep's settings, greedy sampling,
+        the sweep's warm-up and repeats unless given, quality only where asked for."""
+        return RunSpec(
+            backend=backend.name,
+            prompt_len=cell.prompt_len,
+            gen_len=cell.gen_len,
+            batch_size=cell.batch_size,
+            repeats=self.repeats if repeats is None else repeats,
+            warmup=self.warmup if warmup is None else warmup,
+            model=self.model,
+            threads=threads,
+            device=self.device,
+            dtype=backend.dtype,
+            options=backend.options,
+            quality=self.quality_settings() if quality and self.quality.enabled else None,
+            probe_bandwidth=self.probe_bandwidth,
+        )
 
 
 class _Node:
@@ -181,7 +204,6 @@ def _int_list(src: str, n: _Node) -> list[int]:
 
 def load_sweep(path: Path) -> SweepSpec:
     from gpt2bench.backends import get_backend
-    from gpt2bench.measure.spec import DEVICES, RunSpec
 
     src = str(path)
     try:
@@ -280,7 +302,7 @@ def load_sweep(path: Path) -> SweepSpec:
             eval_text=_scalar(src, q["eval_text"], str, nullable=True) if "eval_text" in q else None,
         )
         try:
-            to_quality_settings(quality).validate()
+            quality.settings().validate()
         except UsageError as exc:
             raise _fail(src, top["quality"], str(exc)) from None
 
@@ -299,10 +321,3 @@ def load_sweep(path: Path) -> SweepSpec:
         quality=quality,
         source=src,
     )
-
-
-def to_quality_settings(q: QualityConfig) -> Any:
-    from gpt2bench.core.paths import DEFAULT_TEXT
-    from gpt2bench.measure.quality import QualitySettings
-
-    return QualitySettings(q.window, q.stride, q.max_windows, Path(q.eval_text) if q.eval_text else DEFAULT_TEXT)

@@ -1,12 +1,13 @@
 """A sweep worker: one backend, loaded once, measuring the cells its parent sends.
 
 Protocol, one JSON object per line. The parent writes the job to stdin first
-({"spec": RunSpec fields, "run_id": ...}) and the worker answers {"event": "ready", "warnings": [...]}
-once the backend is loaded (or {"event": "load_failed", "error": ..., "warnings": [...]}); then one command per cell
-({"cell": {...}, "warmup": w, "repeats": k, "quality": bool, "label": ..., "cell_key": ...}); the
-worker answers each with {"event": "row", ...} or {"event": "failed", "error": ...} on its real
-stdout. Anything libraries print goes to stderr, so it cannot corrupt the protocol. A line that
-never comes (crash, out of memory, hang) is the parent's to handle.
+({"run_id": ..., "spec": RunSpec.to_json()}, the spec whose backend, model and engine settings the
+worker loads) and the worker answers {"event": "ready", "warnings": [...]} once the backend is
+loaded (or {"event": "load_failed", "error": ..., "warnings": [...]}); then one request per cell
+({"spec": RunSpec.to_json(), "label": ...}); the worker answers each with {"event": "row", "row":
+..., "samples": ...} or {"event": "failed", "error": ...} on its real stdout. Anything libraries
+print goes to stderr, so it cannot corrupt the protocol. A line that never comes (crash, out of
+memory, hang) is the parent's to handle.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import json
 import os
 import sys
 import traceback
-from dataclasses import replace
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpt2bench.core.errors import one_line
+
+if TYPE_CHECKING:
+    from gpt2bench.measure.spec import RunSpec
 
 
 def die_with_parent(parent: int) -> None:
@@ -39,6 +41,16 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+# What a request may not change: the engine the worker loaded for its session.
+SESSION_FIELDS = ("backend", "model", "device", "dtype", "threads", "options")
+
+
+def mismatch(session: RunSpec, spec: RunSpec) -> str | None:
+    """Why `spec` cannot be measured with the session loaded for `session`, or None."""
+    changed = [name for name in SESSION_FIELDS if getattr(spec, name) != getattr(session, name)]
+    return f"the request changes {', '.join(changed)}, which the worker loaded once" if changed else None
+
+
 def main() -> int:
     if len(sys.argv) > 1:
         die_with_parent(int(sys.argv[1]))
@@ -49,15 +61,11 @@ def main() -> int:
         channel.write(json.dumps(message, default=str) + "\n")
         channel.flush()
 
-    from gpt2bench.measure.quality import QualitySettings
     from gpt2bench.measure.runner import measure_cell, open_session
-    from gpt2bench.measure.spec import RunSpec, Sampling
+    from gpt2bench.measure.spec import RunSpec
 
     job = json.loads(sys.stdin.readline())
-    raw = job["spec"]
-    quality = raw.pop("quality")
-    base = RunSpec(**{**raw, "sampling": Sampling(**raw["sampling"])})
-    quality_settings = QualitySettings(**{**quality, "text": Path(quality["text"])}) if quality else None
+    base = RunSpec.from_json(job["spec"])
     warnings: list[str] = []  # our stderr is only shown when the worker dies: the parent prints these
     try:
         session = open_session(base, warnings.append, check_cell=False)
@@ -66,16 +74,13 @@ def main() -> int:
         return 1
     send({"event": "ready", "warnings": warnings})
     for line in sys.stdin:
-        command = json.loads(line)
-        spec = replace(
-            base,
-            **command["cell"],
-            warmup=command["warmup"],
-            repeats=command["repeats"],
-            quality=quality_settings if command["quality"] else None,
-        )
+        request = json.loads(line)
+        spec = RunSpec.from_json(request["spec"])
+        if problem := mismatch(base, spec):
+            send({"event": "failed", "error": problem})
+            continue
         try:
-            result = measure_cell(session, spec, job["run_id"], command["label"], command["cell_key"])
+            result = measure_cell(session, spec, job["run_id"], request["label"])
             send({"event": "row", "row": result.row, "samples": result.samples})
         except Exception as exc:
             traceback.print_exc(file=sys.stderr)

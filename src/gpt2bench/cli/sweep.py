@@ -1,0 +1,143 @@
+"""`gpt2bench sweep`: many cells, each backend in worker processes (sweep/)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from gpt2bench.cli.options import warn
+from gpt2bench.core.errors import BenchError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from gpt2bench.sweep.config import SweepSpec
+    from gpt2bench.sweep.driver import SweepRun
+
+
+def sweep(
+    config: Annotated[Path, typer.Argument(help="Sweep YAML, e.g. configs/cpu.yaml.")],
+    resume: Annotated[
+        bool, typer.Option(help="Continue the results in the output folder, skipping finished cells.")
+    ] = False,
+    interleave: Annotated[
+        bool | None, typer.Option(help="Alternate backends repetition by repetition (overrides the config).")
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="Results folder (overrides the config's output).")] = None,
+    quality: Annotated[
+        bool | None, typer.Option("--quality/--no-quality", help="Measure quality (overrides the config).")
+    ] = None,
+) -> None:
+    """Run every backend of a sweep config over its cells, each backend in a fresh worker process."""
+    from rich.console import Console
+
+    from gpt2bench.sweep.config import load_sweep
+
+    spec = load_sweep(config)
+    if output is not None:
+        spec = dataclasses.replace(spec, output=output)
+    if interleave is not None:
+        spec = dataclasses.replace(spec, interleave=interleave)
+    if quality is not None:
+        spec = dataclasses.replace(spec, quality=dataclasses.replace(spec.quality, enabled=quality))
+    console = Console()
+    run = _start(spec, config, resume, console)
+    if run is not None:
+        _run_with_progress(run, console)
+        _report(run, console)
+
+
+def _start(spec: SweepSpec, config: Path, resume: bool, console: Console) -> SweepRun | None:
+    """Check the output, resolve the model, open the store; None when nothing is left to do."""
+    from gpt2bench.machine.sysinfo import environment
+    from gpt2bench.measure.row import new_run_id
+    from gpt2bench.measure.runner import prepare_output
+    from gpt2bench.measure.spec import default_threads, oversubscription
+    from gpt2bench.sweep.driver import SweepRun, cells_to_run, open_store, resolve_model_once
+
+    prepare_output(spec.output)
+    threads = spec.threads or default_threads()
+    warned: set[str] = set()
+
+    def warn_once(message: str) -> None:  # every backend's worker says the same about this machine
+        if message not in warned:
+            warned.add(message)
+            warn(message)
+
+    if crowded := oversubscription(threads):
+        warn_once(crowded)
+    spec, model = resolve_model_once(spec, warn_once)
+    run_id = new_run_id("sweep")
+    meta = {
+        "run_id": run_id,
+        "sweep_config": str(config),
+        "sweep_config_text": config.read_text(),
+        "interleave": spec.interleave,
+        "threads": threads,
+    }
+    store = open_store(spec, resume, environment(), meta)
+    run = SweepRun(spec, model, store, store.meta.get("run_id", run_id), threads, lambda _label: None, warn_once)
+    if cells_to_run(run) == 0:
+        console.print(f"nothing to do: every cell of {config} is already in {spec.output}")
+        return None
+    return run
+
+
+def _run_with_progress(run: SweepRun, console: Console) -> None:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from gpt2bench.sweep.driver import cells_to_run, run_interleaved, run_sequential
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("sweep", total=cells_to_run(run))
+        run.on_cell = lambda label: progress.update(task, advance=1, description=f"sweep ({label} done a cell)")
+        try:
+            (run_interleaved if run.spec.interleave else run_sequential)(run)
+        except KeyboardInterrupt:
+            progress.stop()
+            print(
+                f"interrupted; {len(run.store.rows)} finished cell(s) are saved in {run.spec.output} "
+                "(the same command with --resume continues)",
+                file=sys.stderr,
+            )
+            sys.exit(130)
+
+
+def _report(run: SweepRun, console: Console) -> None:
+    """What finished and what failed; exit 1 when anything did."""
+    rows = run.store.rows
+    failed = [r for r in rows if r.get("status") != "ok"]
+    say = console.print
+    say(f"{len(rows) - len(failed)} cells ok, {len(failed)} failed; results in {run.spec.output}")
+    for row in failed:
+        say(
+            f"  failed: {row['label']} prompt={row['prompt_len']} gen={row['gen_len']} "
+            f"batch={row['batch_size']}: {row['error']}",
+            markup=False,
+        )
+    no_quality = [r for r in rows if r.get("quality_error")]
+    for row in no_quality:
+        say(f"  quality failed: {row['label']}: {row['quality_error']}", markup=False)
+    if failed:
+        raise BenchError(f"{len(failed)} of {len(rows)} cells failed (their rows record why)")
+    if no_quality:
+        raise BenchError(f"quality failed for {len(no_quality)} backend(s); their speed results are saved")
