@@ -97,7 +97,7 @@ def main() -> int:
             over_bound[name],
             row["setup_s"],
         ]
-        # The probes' range shows when the memory changed state during the row (see README).
+        # The probes' range shows when the memory changed state during the row (see docs/findings.md).
         probes = f"{min(row['probes_gbs']):.0f}-{max(row['probes_gbs']):.0f}"
         print(f"{name:<18}" + "".join(f"{c:>10.2f}" for c in cells) + f"{row['other_cpu_frac']:>8.1%}{probes:>14}")
     if any(ratio < 1 for ratio in over_bound.values()):

@@ -18,7 +18,7 @@ def test_exact_token_counts_and_timestamps(tiny_model, tokenizer):
     backend = load_backend("hf-eager", tiny_model)
     prompts = make_prompts(tokenizer, 9, 2)
     m = measure(backend, prompts, gen_len=7, sampling=Sampling(), warmup=2, repeats=3)
-    assert len(m.runs) == 3 and m.warmup_runs == 2  # warm-up runs are not in the statistics
+    assert len(m.runs) == 3 and len(m.generations) == 3  # warm-up runs are not in the statistics
     for g in m.generations:
         assert g.tokens.shape == (2, 7)
         assert len(g.token_ns) == 7

@@ -9,7 +9,7 @@ from gpt2bench.models.resolve import build_random_model, resolve_model
 
 
 def test_local_random_model_is_recorded_as_random(tiny_model, tiny_model_dir):
-    assert tiny_model.weights == "random" and tiny_model.is_random
+    assert tiny_model.weights == "random"
     assert tiny_model.path == tiny_model_dir.resolve()
     assert len(tiny_model.weights_hash) == 16
     assert (tiny_model_dir / "tokenizer.json").is_file()  # a complete, self-contained HF folder
@@ -35,7 +35,7 @@ def test_folder_without_marker_is_pretrained(tiny_model_dir, tmp_path):
 def test_default_model_falls_back_to_random_when_offline(monkeypatch, isolated_cache):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     ref = resolve_model(None)
-    assert ref.reference == "random" and ref.is_random
+    assert ref.reference == "random" and ref.weights == "random"
     assert "gpt2" in ref.fallback_reason and "cannot be reached" in ref.fallback_reason
     config = ref.config()
     assert (config["n_layer"], config["n_head"], config["n_embd"], config["vocab_size"]) == (12, 12, 768, 50257)

@@ -12,6 +12,7 @@ from gpt2bench.measure.quality import (
     nll_from_logits,
     perplexity,
     reference,
+    reference_path,
     token_byte_lengths,
     windows,
 )
@@ -108,7 +109,7 @@ def test_trained_model_is_far_better_than_random(trained_model, tiny_model, toke
     assert hf_quality.agreement.greedy_match == 1.0 and hf_quality.agreement.kl_mean == pytest.approx(0, abs=1e-12)
     # Its greedy text depends on context: a model that repeats one token ("the the the ...") would
     # make every backend's greedy agreement 100% whatever its numerics.
-    tokens, _, _ = reference(trained_model, tokenizer, SETTINGS)
+    tokens, _ = reference(trained_model, tokenizer, SETTINGS)
     assert len(np.unique(tokens)) >= 8 and all(len(np.unique(row)) >= 3 for row in tokens), tokens
 
 
@@ -119,15 +120,22 @@ def test_computing_the_reference_leaves_torch_threads_alone(tiny_model, tokenize
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        _, _, cached = reference(tiny_model, tokenizer, SETTINGS)
-        assert not cached and torch.get_num_threads() == 2
+        assert not reference_path(tiny_model, SETTINGS).exists()  # computed here, not read
+        reference(tiny_model, tokenizer, SETTINGS)
+        assert reference_path(tiny_model, SETTINGS).is_file() and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 
 
-def test_reference_is_computed_once_and_reused(trained_model, tokenizer, hf_quality):
-    tokens, logits, cached = reference(trained_model, tokenizer, SETTINGS)
-    assert cached and tokens.shape == (3, 16) and logits.shape == (3, 16, 50257)
+def test_reference_is_computed_once_and_reused(trained_model, tokenizer, hf_quality, monkeypatch):
+    import gpt2bench.backends
+
+    def no_second_reference(name):
+        raise AssertionError(f"the cached reference was computed again with {name}")
+
+    monkeypatch.setattr(gpt2bench.backends, "get_backend", no_second_reference)
+    tokens, logits = reference(trained_model, tokenizer, SETTINGS)
+    assert tokens.shape == (3, 16) and logits.shape == (3, 16, 50257)
 
 
 @pytest.mark.parametrize(

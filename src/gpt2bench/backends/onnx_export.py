@@ -64,34 +64,15 @@ def export_onnx(model_dir: Path, out: Path) -> dict[str, Any]:
     hf-eager's `logits_to_keep=1`; all of a prompt's would cost a 50257-wide matmul per prompt
     token, ~0.4 s of a 500-token prefill here), every one for the quality path."""
     import torch
-    from transformers import DynamicCache, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
     # Eager attention: the optimizer's attention patterns are written against it.
     model = GPT2LMHeadModel.from_pretrained(model_dir, attn_implementation="eager")
     cfg = model.config
     n_layer, n_head, head_dim = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head
-
-    class WithPast(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids, attention_mask, position_ids, logits_positions, *past):  # type: ignore[no-untyped-def]
-            cache = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(n_layer)])
-            out = self.inner(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=logits_positions,  # a tensor of indices: traced as a Gather
-            )
-            presents = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
-            return (out.logits, *presents)
-
     # The legacy exporter does not switch the wrapper to eval mode: without this, dropout is
     # traced into the graph and logits are off by ~2.
-    wrapper = WithPast(model).eval()
+    wrapper = _with_past(model, n_layer).eval()
     batch, seq, past = 2, 3, 4  # any sizes > 1: every axis below is dynamic
     args = (
         torch.randint(0, cfg.vocab_size, (batch, seq)),
@@ -127,6 +108,32 @@ def export_onnx(model_dir: Path, out: Path) -> dict[str, Any]:
     deduped = dedupe_tied_embedding(graph)
     onnx.save(graph, str(out))
     return {"tied_embedding_deduplicated": deduped}
+
+
+def _with_past(model: Any, n_layer: int) -> Any:
+    """`model` as a module of flat tensors, the traceable form: past key/values in, presents out."""
+    import torch
+    from transformers import DynamicCache
+
+    class WithPast(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, position_ids, logits_positions, *past):  # type: ignore[no-untyped-def]
+            cache = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(n_layer)])
+            out = self.inner(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=logits_positions,  # a tensor of indices: traced as a Gather
+            )
+            presents = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+            return (out.logits, *presents)
+
+    return WithPast(model)
 
 
 def dedupe_tied_embedding(model: onnx.ModelProto) -> bool:

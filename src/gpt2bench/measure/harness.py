@@ -42,7 +42,6 @@ class LoadResult:
 class Measurement:
     generations: list[Generation]
     runs: list[RunMetrics]
-    warmup_runs: int
     contention: CpuContention
     peak_rss_mb: float
     peak_rss_scope: str  # "measurement" when the peak was reset before it, else "process"
@@ -148,7 +147,6 @@ def measure(
     return Measurement(
         generations,
         runs,
-        warmup,
         contention,
         peak_rss_mb(),
         scope,

@@ -15,7 +15,6 @@ from gpt2bench.core.errors import UsageError
 from gpt2bench.core.paths import DEFAULT_TEXT
 
 DEVICES = ("cpu", "cuda")
-DTYPES = ("fp32", "bf16", "fp16")
 # fp16 arithmetic on a CPU is emulated by most of them and no backend here has CPU fp16 kernels worth
 # timing; bf16 is the CPU's half-precision format.
 CUDA_ONLY_DTYPES = ("fp16",)

@@ -33,10 +33,6 @@ class ModelRef:
     weights_hash: str
     fallback_reason: str | None = None  # why the default model was replaced by `random`
 
-    @property
-    def is_random(self) -> bool:
-        return self.weights == "random"
-
     def fallback_warning(self) -> str | None:
         if self.fallback_reason is None:
             return None

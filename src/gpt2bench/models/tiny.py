@@ -78,6 +78,22 @@ def train(recipe: TinyRecipe, out: Path, log: Any = print) -> dict[str, Any]:
     model = GPT2LMHeadModel(config).train()
     ids = torch.from_numpy(training_ids())
     seen = torch.unique(ids)  # sorted: the restricted softmax's classes
+    t0 = time.perf_counter()
+    losses = _train_steps(model, ids, seen, recipe, log)
+    _fill_unseen(model, ids, seen, config.vocab_size)
+    stats = {
+        "train_s": time.perf_counter() - t0,
+        "final_loss": float(np.mean(losses[-10:])),  # over the seen ids' softmax
+        "train_tokens": recipe.steps * recipe.batch_size * recipe.seq_len,
+    }
+    _save(model, recipe, stats, out)
+    return stats
+
+
+def _train_steps(model: Any, ids: Any, seen: Any, recipe: TinyRecipe, log: Any) -> list[float]:
+    """AdamW with linear warm-up and cosine decay to 10%, the softmax over the `seen` ids only."""
+    import torch
+
     rng = np.random.default_rng(recipe.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=0.1)
     warmup = max(1, recipe.steps // 10)
@@ -105,17 +121,21 @@ def train(recipe: TinyRecipe, out: Path, log: Any = print) -> dict[str, Any]:
         losses.append(loss.item())
         if step % 50 == 0 or step == recipe.steps - 1:
             log(f"step {step + 1}/{recipe.steps}  loss {loss.item():.3f}  {time.perf_counter() - t0:.0f} s")
+    return losses
+
+
+def _fill_unseen(model: Any, ids: Any, seen: Any, vocab_size: int) -> None:
+    """Every id the text never showed gets the mean embedding of the rarest ids it did show."""
+    import torch
+
     with torch.no_grad():
-        counts = torch.bincount(ids, minlength=config.vocab_size)
+        counts = torch.bincount(ids, minlength=vocab_size)
         rarest = seen[torch.argsort(counts[seen], stable=True)[:RARE_IDS]]  # stable: ties in a fixed order
         unseen = counts == 0
         model.transformer.wte.weight[unseen] = model.transformer.wte.weight[rarest].mean(0)
-    stats = {
-        "train_s": time.perf_counter() - t0,
-        "final_loss": float(np.mean(losses[-10:])),  # over the seen ids' softmax
-        "train_tokens": recipe.steps * recipe.batch_size * recipe.seq_len,
-    }
 
+
+def _save(model: Any, recipe: TinyRecipe, stats: dict[str, Any], out: Path) -> None:
     def build(tmp: Path) -> None:
         model.eval().save_pretrained(tmp, safe_serialization=True)
         copy_tokenizer(tmp)
@@ -129,7 +149,6 @@ def train(recipe: TinyRecipe, out: Path, log: Any = print) -> dict[str, Any]:
 
     # Training is deterministic, so a rival's finished folder holds the same weights as ours.
     publish_folder(out, build, finished=lambda folder: (folder / MARKER).is_file(), replace=True)
-    return stats
 
 
 def tiny_model_dir(recipe: TinyRecipe = TinyRecipe(), rebuild: bool = False, log: Any = print) -> Path:

@@ -285,7 +285,13 @@ def summary_markdown(doc: dict[str, Any], rows: list[Row], figures: list[str]) -
         lines += ["## Warnings", ""]
         lines += [f"- **{label}**: {message}" for label, messages in warned.items() for message in messages]
         lines.append("")
-    lines += [
+    lines += _headline_table(rows, cell) + _cells_table(rows) + _failures(doc, rows)
+    lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
+    return "\n".join(lines) + "\n"
+
+
+def _headline_table(rows: list[Row], cell: tuple[int, int, int]) -> list[str]:
+    lines = [
         f"## Headline cell: prompt {cell[0]}, generate {cell[1]}, batch {cell[2]}",
         "",
         "Medians over repetitions; e2e as mean ± half-width of the 95% CI (Student t).",
@@ -303,7 +309,11 @@ def summary_markdown(doc: dict[str, Any], rows: list[Row], figures: list[str]) -
             f"{_fmt(r.get('peak_rss_mb'), 0)} | {_fmt(q.get('ppl'), 2)} | {_fmt(q.get('agree_greedy'), 3)} | "
             f"{_fmt(q.get('agree_top1'), 3)} |"
         )
-    lines += [
+    return lines
+
+
+def _cells_table(rows: list[Row]) -> list[str]:
+    lines = [
         "",
         "## Every cell",
         "",
@@ -317,6 +327,11 @@ def summary_markdown(doc: dict[str, Any], rows: list[Row], figures: list[str]) -
             f"{_fmt(r['ttft_ms_median'])} | {_fmt(r['tpot_ms_median'], 2)} | {_fmt(r['e2e_ms_median'])} | "
             f"{_fmt(noise * 100) + '%' if _fmt(noise) != '-' else '-'} |"
         )
+    return lines
+
+
+def _failures(doc: dict[str, Any], rows: list[Row]) -> list[str]:
+    lines: list[str] = []
     failed = [r for r in doc["rows"] if r.get("status") != "ok"]
     if failed:
         lines += ["", "## Failed cells", ""]
@@ -328,8 +343,7 @@ def summary_markdown(doc: dict[str, Any], rows: list[Row], figures: list[str]) -
     if no_quality:
         lines += ["", "## Quality that failed (the speed figures stand)", ""]
         lines += [f"- {r['label']}: {r['quality_error']}" for r in no_quality]
-    lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def build_figures(doc: dict[str, Any]) -> dict[str, Figure]:

@@ -56,10 +56,9 @@ class ResultsStore:
     def add(self, row: dict[str, Any], samples: dict[str, Any]) -> None:
         """Append a finished row; a configuration measured again replaces its earlier row."""
         key = config_key(row)
-        if key:
-            keep = [i for i, r in enumerate(self.rows) if config_key(r) != key]
-            self.rows = [self.rows[i] for i in keep]
-            self.samples = [self.samples[i] for i in keep]
+        keep = [i for i, r in enumerate(self.rows) if config_key(r) != key]
+        self.rows = [self.rows[i] for i in keep]
+        self.samples = [self.samples[i] for i in keep]
         self.rows.append(row)
         self.samples.append(samples)
         self._write()

@@ -89,6 +89,14 @@ def print_summary(
         f"tokens/run={row['tokens_per_run']} (counted as ids)"
     )
     console.print(Panel(header, title="gpt2bench run", expand=False))
+    console.print(metrics_table(row))
+    _print_facts(console, row, details)
+    _print_flags(console, row, sample_text, warnings)
+    console.print(f"results: {out_folder}")
+
+
+def metrics_table(row: dict[str, Any]) -> Table:
+    """The per-repetition statistics of every timed metric, and the pooled inter-token latencies."""
     table = Table(title="per repetition: median, p90, mean ± 95% CI (Student t), std, min, max")
     for col in ("metric", "median", "p90", "mean ± CI", "std", "min", "max"):
         table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=True)
@@ -113,8 +121,10 @@ def print_summary(
         "",
         "",
     )
-    console.print(table)
-    noise = row.get("other_cpu_frac")
+    return table
+
+
+def _print_facts(console: Console, row: dict[str, Any], details: dict[str, Any]) -> None:
     facts = [
         f"prepare {_fmt(row.get('prepare_s'))} s, load {_fmt(row['load_s'])} s, setup {_fmt(row.get('setup_s'))} s",
         f"tokenization {_fmt(row['tokenize_ms'])} ms (not in any timed figure)",
@@ -132,6 +142,11 @@ def print_summary(
     console.print("  ".join(facts[:2]))
     for fact in facts[2:]:
         console.print(fact)
+
+
+def _print_flags(console: Console, row: dict[str, Any], sample_text: str, warnings: Sequence[str]) -> None:
+    """What should make a reader doubt or qualify the numbers: noise, non-determinism, quality."""
+    noise = row.get("other_cpu_frac")
     if noise is not None and not math.isnan(noise) and noise > 0.1:
         console.print(
             f"[yellow]noise: other processes took {noise:.0%} of the CPU during measurement; numbers may be inflated[/]"
@@ -154,4 +169,3 @@ def print_summary(
         console.print(Text(f"warning: {message}", style="yellow"))
     if row["weights"] == "random":
         console.print(Panel(f"[bold red]{RANDOM_WARNING}[/]", border_style="red"))
-    console.print(f"results: {out_folder}")

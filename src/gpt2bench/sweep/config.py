@@ -203,8 +203,39 @@ def _int_list(src: str, n: _Node) -> list[int]:
 
 
 def load_sweep(path: Path) -> SweepSpec:
-    from gpt2bench.backends import get_backend
+    src = str(path)
+    root = _compose(path)
+    top = _mapping(src, _Node(root, ""), TOP_KEYS)
+    for required in ("backends", "prompt_lens", "gen_lens"):
+        if required not in top:
+            raise UsageError(f"{src}:{root.start_mark.line + 1}: missing required key '{required}'")
+    get = top.get
+    device = _scalar(src, get("device"), str) if "device" in top else "cpu"
+    if device not in DEVICES:
+        raise _fail(src, get("device"), f"unknown device '{device}' (choose from: {', '.join(DEVICES)})")
+    probe_bandwidth = _scalar(src, get("probe_bandwidth"), bool) if "probe_bandwidth" in top else False
+    if probe_bandwidth and device != "cpu":
+        raise _fail(src, get("probe_bandwidth"), "probes the CPU's memory; it is for device: cpu")
+    cells = _cells(src, top)
+    return SweepSpec(
+        backends=_backends(src, top["backends"], device, cells[0]),
+        cells=cells,
+        output=Path(_scalar(src, top["output"], str)) if "output" in top else Path("results") / path.stem,
+        model=_scalar(src, get("model"), str, nullable=True) if "model" in top else None,
+        device=device,
+        threads=_positive_int(src, get("threads")) if "threads" in top else None,
+        repeats=_positive_int(src, get("repeats")) if "repeats" in top else 5,
+        warmup=_positive_int(src, get("warmup"), minimum=0) if "warmup" in top else 2,
+        interleave=_scalar(src, get("interleave"), bool) if "interleave" in top else False,
+        probe_bandwidth=probe_bandwidth,
+        cell_timeout_s=_positive_seconds(src, get("cell_timeout_s")) if "cell_timeout_s" in top else 1800.0,
+        quality=_quality(src, top["quality"]) if "quality" in top else QualityConfig(),
+        source=src,
+    )
 
+
+def _compose(path: Path) -> yaml.Node:
+    """The config's YAML node tree (with line numbers), or a one-line error."""
     src = str(path)
     try:
         text = path.read_text()
@@ -218,18 +249,11 @@ def load_sweep(path: Path) -> SweepSpec:
         raise UsageError(f"{where}: malformed YAML: {getattr(exc, 'problem', exc)}") from None
     if root is None:
         raise UsageError(f"{src}: the config is empty")
-    top = _mapping(src, _Node(root, ""), TOP_KEYS)
-    for required in ("backends", "prompt_lens", "gen_lens"):
-        if required not in top:
-            raise UsageError(f"{src}:{root.start_mark.line + 1}: missing required key '{required}'")
+    return root
 
-    get = top.get
-    device = _scalar(src, get("device"), str) if "device" in top else "cpu"
-    if device not in DEVICES:
-        raise _fail(src, get("device"), f"unknown device '{device}' (choose from: {', '.join(DEVICES)})")
-    probe_bandwidth = _scalar(src, get("probe_bandwidth"), bool) if "probe_bandwidth" in top else False
-    if probe_bandwidth and device != "cpu":
-        raise _fail(src, get("probe_bandwidth"), "probes the CPU's memory; it is for device: cpu")
+
+def _cells(src: str, top: dict[str, _Node]) -> list[Cell]:
+    """The grid of prompt x gen x batch, then the extra cells not already in it."""
     prompt_lens, gen_lens = _int_list(src, top["prompt_lens"]), _int_list(src, top["gen_lens"])
     batch_sizes = _int_list(src, top["batch_sizes"]) if "batch_sizes" in top else [1]
     cells = [Cell(p, g, b) for p in prompt_lens for g in gen_lens for b in batch_sizes]
@@ -251,73 +275,69 @@ def load_sweep(path: Path) -> SweepSpec:
                 raise _fail(src, _Node(item, f"extra_cells[{i}]"), f"exceeds the {MAX_CONTEXT}-token context")
             if cell not in cells:
                 cells.append(cell)
+    return cells
 
-    backends_node = top["backends"]
+
+def _backends(src: str, backends_node: _Node, device: str, first: Cell) -> list[BackendConfig]:
     if not isinstance(backends_node.node, yaml.SequenceNode) or not backends_node.node.value:
         raise _fail(src, backends_node, "expected a non-empty list of backends")
     backends: list[BackendConfig] = []
     for i, item in enumerate(backends_node.node.value):
         node = _Node(item, f"backends[{i}]")
-        fields = _mapping(src, node, BACKEND_KEYS)
-        if "name" not in fields:
-            raise _fail(src, node, "missing 'name'")
-        name = _scalar(src, fields["name"], str)
-        try:
-            get_backend(name)
-        except UsageError as exc:  # names the valid ones, and any plugin that failed to import
-            raise _fail(src, fields["name"], str(exc)) from None
-        options = {}
-        if "options" in fields:
-            _mapping(src, fields["options"], set(get_backend(name).options) or {"<none>"})
-            options = yaml.safe_load(yaml.serialize(fields["options"].node)) or {}
-        config = BackendConfig(
-            name,
-            _scalar(src, fields["dtype"], str) if "dtype" in fields else "fp32",
-            options,
-            _scalar(src, fields["label"], str) if "label" in fields else "",
-        )
-        try:  # the same checks `run` makes, with this sweep's first cell
-            RunSpec(
-                backend=name,
-                device=device,
-                dtype=config.dtype,
-                options=options,
-                prompt_len=cells[0].prompt_len,
-                gen_len=cells[0].gen_len,
-            ).validate()
-        except UsageError as exc:
-            raise _fail(src, node, str(exc)) from None
+        config = _backend(src, node, device, first)
         if config.display() in {b.display() for b in backends}:
             raise _fail(src, node, f"duplicate backend '{config.display()}': give one a distinct 'label'")
         backends.append(config)
+    return backends
 
-    quality = QualityConfig()
-    if "quality" in top:
-        q = _mapping(src, top["quality"], QUALITY_KEYS)
-        quality = QualityConfig(
-            enabled=_scalar(src, q["enabled"], bool) if "enabled" in q else True,
-            window=_scalar(src, q["window"], int, nullable=True) if "window" in q else None,
-            stride=_scalar(src, q["stride"], int, nullable=True) if "stride" in q else None,
-            max_windows=_scalar(src, q["max_windows"], int, nullable=True) if "max_windows" in q else 4,
-            eval_text=_scalar(src, q["eval_text"], str, nullable=True) if "eval_text" in q else None,
-        )
-        try:
-            quality.settings().validate()
-        except UsageError as exc:
-            raise _fail(src, top["quality"], str(exc)) from None
 
-    return SweepSpec(
-        backends=backends,
-        cells=cells,
-        output=Path(_scalar(src, top["output"], str)) if "output" in top else Path("results") / path.stem,
-        model=_scalar(src, get("model"), str, nullable=True) if "model" in top else None,
-        device=device,
-        threads=_positive_int(src, get("threads")) if "threads" in top else None,
-        repeats=_positive_int(src, get("repeats")) if "repeats" in top else 5,
-        warmup=_positive_int(src, get("warmup"), minimum=0) if "warmup" in top else 2,
-        interleave=_scalar(src, get("interleave"), bool) if "interleave" in top else False,
-        probe_bandwidth=probe_bandwidth,
-        cell_timeout_s=_positive_seconds(src, get("cell_timeout_s")) if "cell_timeout_s" in top else 1800.0,
-        quality=quality,
-        source=src,
+def _backend(src: str, node: _Node, device: str, first: Cell) -> BackendConfig:
+    """One backend entry, checked as `run` checks its arguments (with the sweep's first cell)."""
+    from gpt2bench.backends import get_backend
+
+    fields = _mapping(src, node, BACKEND_KEYS)
+    if "name" not in fields:
+        raise _fail(src, node, "missing 'name'")
+    name = _scalar(src, fields["name"], str)
+    try:
+        get_backend(name)
+    except UsageError as exc:  # names the valid ones, and any plugin that failed to import
+        raise _fail(src, fields["name"], str(exc)) from None
+    options = {}
+    if "options" in fields:
+        _mapping(src, fields["options"], set(get_backend(name).options) or {"<none>"})
+        options = yaml.safe_load(yaml.serialize(fields["options"].node)) or {}
+    config = BackendConfig(
+        name,
+        _scalar(src, fields["dtype"], str) if "dtype" in fields else "fp32",
+        options,
+        _scalar(src, fields["label"], str) if "label" in fields else "",
     )
+    try:
+        RunSpec(
+            backend=name,
+            device=device,
+            dtype=config.dtype,
+            options=options,
+            prompt_len=first.prompt_len,
+            gen_len=first.gen_len,
+        ).validate()
+    except UsageError as exc:
+        raise _fail(src, node, str(exc)) from None
+    return config
+
+
+def _quality(src: str, node: _Node) -> QualityConfig:
+    q = _mapping(src, node, QUALITY_KEYS)
+    quality = QualityConfig(
+        enabled=_scalar(src, q["enabled"], bool) if "enabled" in q else True,
+        window=_scalar(src, q["window"], int, nullable=True) if "window" in q else None,
+        stride=_scalar(src, q["stride"], int, nullable=True) if "stride" in q else None,
+        max_windows=_scalar(src, q["max_windows"], int, nullable=True) if "max_windows" in q else 4,
+        eval_text=_scalar(src, q["eval_text"], str, nullable=True) if "eval_text" in q else None,
+    )
+    try:
+        quality.settings().validate()
+    except UsageError as exc:
+        raise _fail(src, node, str(exc)) from None
+    return quality
