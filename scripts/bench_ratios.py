@@ -71,7 +71,7 @@ def main() -> int:
     # decode is set against its own moment; TPOT/bound is 1 / the row's decode_bw_frac.
     with tempfile.TemporaryDirectory(prefix="gpt2bench-ratios-") as tmp:
         rows = {b: run_backend(b, args, Path(tmp)) for b in args.backends}
-    bound_ms = {b: row["weight_bytes_per_token"] / (row["read_bandwidth_gbs"] * 1e9) * 1e3 for b, row in rows.items()}
+    bound_ms = {b: row["decode_bytes_per_token"] / (row["read_bandwidth_gbs"] * 1e9) * 1e3 for b, row in rows.items()}
     over_bound = {b: 1 / row["decode_bw_frac"] for b, row in rows.items()}
     ref_name = args.backends[0]
     ref = rows[ref_name]

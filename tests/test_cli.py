@@ -182,7 +182,7 @@ def test_probe_bandwidth_sets_each_run_against_its_own_probes(tmp_path, tiny_mod
     assert len(probes) == 3 and all(p > 0 for p in probes)
     assert row["bandwidth_source"] == "probe" and row["read_bandwidth_gbs"] == sorted(probes)[1]
     # The row's fraction is the one the pure function (tested on its own) gives for these runs.
-    expected = probed_bw_frac(row["weight_bytes_per_token"], probe_runs(samples["per_run"]["tpot_ms"], probes))
+    expected = probed_bw_frac(row["decode_bytes_per_token"], probe_runs(samples["per_run"]["tpot_ms"], probes))
     assert row["decode_bw_frac"] == pytest.approx(expected)
     assert "measured, probe" in proc.stdout
 
@@ -374,7 +374,7 @@ def test_bf16_run_warns_where_the_cpu_only_emulates_bf16(tmp_path, tiny_model_di
 
 
 def test_env_names_the_cpu_and_says_which_arithmetic_has_no_roof(tmp_path):
-    from gpt2bench.machine.sysinfo import cpu_label, environment
+    from gpt2bench.machine.sysinfo import cpu_fingerprint, cpu_label, environment
 
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -383,7 +383,7 @@ def test_env_names_the_cpu_and_says_which_arithmetic_has_no_roof(tmp_path):
         "peak_gflops": {"fp32": 170.0, "bf16": None, "int8": None},
         "matmul_gflops": {"fp32": 170.0, "bf16": 1.4, "int8": None},
     }
-    (cache / "machine.json").write_text(json.dumps({"threads1_v5": roofs}))
+    (cache / "machine.json").write_text(json.dumps({f"{cpu_fingerprint()}-threads1_v5": roofs}))
     proc = run_cli("env", "--threads", "1", env={"GPT2BENCH_CACHE": str(cache)})
     assert proc.returncode == 0, proc.stderr
     lines = {}

@@ -170,3 +170,34 @@ def test_too_few_repetitions_to_ever_be_significant_are_called_out(tmp_path):
         (tmp_path / name / "results.json").write_text(json.dumps(data))
     proc = run_cli("compare", str(tmp_path / "base"), str(tmp_path / "new"))
     assert proc.returncode == 0 and "they can only read 'same'" in proc.stdout
+
+
+def test_one_repetition_per_side_is_no_verdict():
+    # Before: p was None for one sample, None counted as significant, and a 20% gap read "slower".
+    out = verdicts({("onnx", 8): [10.0]}, {("onnx", 8): [12.0]})
+    assert out[("onnx", 8, "tpot_ms")] == "too-few"
+
+
+def test_holm_adjustment_on_hand_computed_p_values():
+    from gpt2bench.report.compare import holm
+
+    # sorted 0.01, 0.02, 0.04 -> 3 x 0.01, max(0.03, 2 x 0.02), max(0.04, 1 x 0.04); order kept
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1, monotone
+    assert holm([]) == []
+
+
+def test_a_change_significant_alone_is_not_once_many_are_tested():
+    # 5 vs 5 fully separated samples give p = 0.0079: significant alone, not among 40 comparisons
+    # (Holm's smallest threshold is then 0.05 / 40 = 0.00125).
+    base = [10.0, 10.1, 9.9, 10.05, 9.95]
+    slow = [v * 1.2 for v in base]
+    alone = verdicts({("onnx", 8): base}, {("onnx", 8): slow}, metrics=("tpot_ms",))
+    assert alone[("onnx", 8, "tpot_ms")] == "slower"
+    many_base = {("onnx", p): base for p in range(1, 41)}
+    many_new = {**many_base, ("onnx", 8): slow}
+    out = verdicts(many_base, many_new, metrics=("tpot_ms",))
+    assert out[("onnx", 8, "tpot_ms")] == "same"
+    table = compare(doc(many_base), doc(many_new), metrics=("tpot_ms",))
+    (eight,) = [v for v in table if key_fields(v.key)["prompt_len"] == "8" and v.metric == "tpot_ms"]
+    assert eight.p_value == pytest.approx(0.0079, abs=1e-4) and eight.p_holm == pytest.approx(40 * eight.p_value)

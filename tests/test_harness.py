@@ -1,4 +1,6 @@
+import gc
 import math
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -8,6 +10,7 @@ from conftest import TINY, load_backend
 from gpt2bench.backends.base import Backend, Sampling
 from gpt2bench.core.errors import BenchError
 from gpt2bench.measure.harness import measure, timed_generation
+from gpt2bench.measure.metrics import burst_warning
 from gpt2bench.measure.prompts import make_prompts
 from gpt2bench.models.resolve import build_random_model, resolve_model
 
@@ -146,3 +149,62 @@ def test_a_session_starts_one_probe_helper_for_all_its_cells():
     helper = probe.proc
     session.close()
     assert helper.poll() == 0 and closed == [True]  # the helper ended with the session
+
+
+class LazyStep:
+    """A step's ids as a lazily computed array (a device array or a deferred tensor): the work
+    happens when the harness converts it to host ids."""
+
+    def __init__(self, ids, delay_s: float) -> None:
+        self.ids, self.delay_s = ids, delay_s
+
+    def __array__(self, dtype=None, copy=None):
+        time.sleep(self.delay_s)
+        return np.asarray(self.ids, dtype=dtype)
+
+
+class Scripted(Backend):
+    """A test backend (never registered) whose steps are scripted: lazy, instant or slow."""
+
+    name = "scripted"
+
+    def __init__(self, lazy_s: float = 0.0, step_s: float = 0.0) -> None:
+        self.lazy_s, self.step_s, self.gc_enabled = lazy_s, step_s, []
+
+    def load(self, model, settings):
+        return {}
+
+    def generate(self, input_ids, max_new_tokens, sampling):
+        for _ in range(max_new_tokens):
+            self.gc_enabled.append(gc.isenabled())
+            if self.step_s:  # even sleep(0) yields the thread for tens of microseconds
+                time.sleep(self.step_s)
+            ids = np.zeros(input_ids.shape[0], dtype=np.int64)
+            yield LazyStep(ids, self.lazy_s) if self.lazy_s else ids
+
+    def logits(self, input_ids):
+        raise NotImplementedError
+
+
+def test_a_lazy_step_is_converted_to_host_ids_inside_its_timestamp(tokenizer):
+    # Stamped before the conversion, a backend yielding lazy arrays would decode in ~0 ms a token.
+    m = measure(
+        Scripted(lazy_s=0.005), make_prompts(tokenizer, 4, 1), gen_len=5, sampling=Sampling(), warmup=0, repeats=2
+    )
+    assert all(r.tpot_ms >= 5.0 and r.ttft_ms >= 5.0 for r in m.runs), [r.tpot_ms for r in m.runs]
+
+
+def test_the_garbage_collector_is_kept_out_of_timed_generations(tokenizer):
+    backend = Scripted()
+    assert gc.isenabled()
+    measure(backend, make_prompts(tokenizer, 4, 1), gen_len=3, sampling=Sampling(), warmup=1, repeats=2)
+    assert backend.gc_enabled == [True] * 3 + [False] * 6  # warm-up free to collect, timed runs not
+    assert gc.isenabled() and gc.get_freeze_count() == 0  # restored afterwards
+
+
+def test_tokens_that_arrive_in_bursts_are_flagged(tokenizer):
+    prompts = make_prompts(tokenizer, 4, 1)
+    burst = measure(Scripted(), prompts, gen_len=20, sampling=Sampling(), warmup=0, repeats=2)
+    assert burst.burst_fraction() > 0.9 and "arrived in bursts" in burst_warning(burst.burst_fraction())
+    steady = measure(Scripted(step_s=0.001), prompts, gen_len=20, sampling=Sampling(), warmup=0, repeats=2)
+    assert steady.burst_fraction() == 0.0 and burst_warning(steady.burst_fraction()) == ""

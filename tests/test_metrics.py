@@ -41,8 +41,12 @@ def test_summary_statistics():
     s = summarize([5.0, 1.0, 4.0, 2.0, 3.0])
     assert s["median"] == 3 and s["mean"] == 3 and s["min"] == 1 and s["max"] == 5
     assert s["std"] == pytest.approx(math.sqrt(2.5))  # sample std, ddof=1
-    assert s["p90"] == pytest.approx(4.6)  # linear interpolation
-    assert s["p99"] == pytest.approx(4.96)
+    # Five samples cannot tell p90 or p99 from the maximum: not reported.
+    assert math.isnan(s["p90"]) and math.isnan(s["p99"])
+    ten = summarize([float(v) for v in range(1, 11)])
+    assert ten["p90"] == pytest.approx(9.1) and math.isnan(ten["p99"])  # linear interpolation
+    hundred = summarize([float(v) for v in range(1, 101)])
+    assert hundred["p99"] == pytest.approx(99.01)
     half = 2.7764451051977987 * math.sqrt(2.5) / math.sqrt(5)  # t(0.975, 4) * s / sqrt(n)
     assert s["ci95_low"] == pytest.approx(3 - half)
     assert s["ci95_high"] == pytest.approx(3 + half)
@@ -50,6 +54,14 @@ def test_summary_statistics():
 
 def test_summary_ignores_nan_and_handles_one_sample():
     s = summarize([2.0, float("nan")])
-    assert s["median"] == 2 and s["std"] == 0
+    assert s["median"] == 2 and math.isnan(s["std"])  # one sample: no spread, not zero spread
     assert math.isnan(s["ci95_low"]) and math.isnan(s["ci95_high"])
     assert all(math.isnan(v) for v in summarize([float("nan")]).values())
+
+
+def test_burst_fraction_on_synthetic_gaps():
+    from gpt2bench.measure.metrics import burst_fraction, burst_warning
+
+    assert burst_fraction([0.001, 0.002, 20.0, 21.0]) == 0.5  # two gaps under 10 us
+    assert burst_fraction([]) == 0.0
+    assert burst_warning(0.10) == "" and "50% of inter-token gaps" in burst_warning(0.5)

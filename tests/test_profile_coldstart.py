@@ -1,6 +1,7 @@
 """Profiling writes real, non-empty traces; cold-start parts come from a real fresh process."""
 
 import json
+import os
 
 import pytest
 
@@ -118,3 +119,37 @@ def test_profile_writes_pyinstrument_and_the_backends_own_trace(tmp_path, tiny_m
     about = json.loads(files["profile.json"].read_text())  # what was profiled, and where
     assert about["spec"]["backend"] == backend and about["spec"]["gen_len"] == 4
     assert about["model"]["path"] == str(tiny_model_dir) and about["environment"]["git"]["commit"]
+
+
+def test_a_compile_cache_is_cold_until_it_holds_entries(tmp_path, monkeypatch):
+    from gpt2bench.backends.torch_common import compile_cache_state, inductor_cache_state
+
+    assert compile_cache_state(tmp_path / "missing") == "cold" and compile_cache_state(tmp_path) == "cold"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    assert inductor_cache_state() == "cold"  # where inductor would write, as it is told
+    (tmp_path / "inductor" / "fxgraph").mkdir(parents=True)
+    assert inductor_cache_state() == "warm"
+
+
+def test_rows_say_whether_their_compile_cache_was_warm(tiny_model_dir):
+    from gpt2bench.measure.runner import run_cell
+    from gpt2bench.measure.spec import RunSpec
+
+    spec = RunSpec(backend="hf-eager", model=str(tiny_model_dir), prompt_len=4, gen_len=2, warmup=0, repeats=2)
+    assert run_cell(spec, "r", lambda _msg: None).row["compile_cache"] == "none"  # eager: nothing compiled
+
+
+def test_cold_cache_processes_get_private_empty_compile_caches(tmp_path, tiny_model_dir):
+    from gpt2bench.measure.coldstart import cold_cache_env
+
+    env = cold_cache_env(tmp_path / "c")
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "c" / "inductor")
+    assert env["VLLM_CACHE_ROOT"] == str(tmp_path / "c" / "vllm") and env["PATH"] == os.environ["PATH"]
+    out = tmp_path / "out"
+    proc = run_cli(
+        "coldstart", "-b", "hf-eager", "--model", str(tiny_model_dir), "--repeats", "1", "--cold-cache",
+        "--output", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (folder,) = out.iterdir()
+    assert json.loads((folder / "coldstart.json").read_text())["compile_cache"].startswith("cold")

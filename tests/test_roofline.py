@@ -45,12 +45,15 @@ def test_roofline_columns_on_a_hand_made_row():
         "ttft_ms_median": 2.0,
         "batch_size": 2,
         "prompt_len": 3,
+        "gen_len": 1,  # no decode step: no KV traffic; the KV term has tests of its own
     }
     cols = roofline_columns(row, config, 4, bandwidth_gbs=1e-4, peak_gflops=1e-4)
-    assert cols["weight_bytes_per_token"] == 336
+    assert cols["weight_bytes_per_token"] == 336 == cols["decode_bytes_per_token"]
     assert cols["decode_gbs"] == pytest.approx(336 / 0.010 / 1e9)
     assert cols["decode_bw_frac"] == pytest.approx(336 / 0.010 / 1e9 / 1e-4)
-    flops = 2 * (2 * 54 * 3 + 2 * 2 * 1 * 2 * 3 * 4 / 2)  # batch 2: matmuls + causal attention
+    # batch 2: block matmuls (48 params) per prompt token, lm_head (6) on the last position only,
+    # causal attention
+    flops = 2 * (2 * 48 * 3 + 2 * 6 + 2 * 2 * 1 * 2 * 3 * 4 / 2)
     assert prefill_flops(config, 2, 3) == pytest.approx(flops)
     assert cols["prefill_gflops"] == pytest.approx(flops / 0.002 / 1e9)
     assert cols["prefill_peak_frac"] == pytest.approx(flops / 0.002 / 1e9 / 1e-4)
@@ -119,7 +122,7 @@ def test_a_matmul_slower_than_fp32_is_a_fallback_loop_not_a_roof():
     native = {"fp32": 165.0, "bf16": 399.0, "int8": 850.0}  # AVX512-BF16 and VNNI
     assert roofline.native_roofs(native) == native
     assert roofline.native_roofs({"fp32": None, "bf16": 5.0, "int8": None}) == {"fp32": None, "bf16": 5.0, "int8": None}
-    row = {"backend": "static-kv", "dtype": "bf16", "batch_size": 1, "prompt_len": 50}
+    row = {"backend": "static-kv", "dtype": "bf16", "batch_size": 1, "prompt_len": 50, "gen_len": 100}
     timed = {**row, "tpot_ms_median": 19.0, "ttft_ms_median": 463.0}
     roof = roof_of({"peak_gflops": roofline.native_roofs(avx2)}, "static-kv", "bf16")
     cols = roofline_columns(timed, {"n_embd": 768, "n_layer": 12, "vocab_size": 50257}, 2, 20.0, roof)
@@ -270,7 +273,7 @@ def test_a_backend_declares_its_weight_width_and_arithmetic_so_a_plugin_gets_roo
         info = get_backend("test-int4-weights")
         assert info.bytes_per_weight("fp32") == 0.5625 and info.arithmetic("fp32") == "int8"
         config = {"n_embd": 2, "n_layer": 1, "vocab_size": 3}
-        row = {"tpot_ms_median": 1.0, "ttft_ms_median": 1.0, "batch_size": 1, "prompt_len": 3}
+        row = {"tpot_ms_median": 1.0, "ttft_ms_median": 1.0, "batch_size": 1, "prompt_len": 3, "gen_len": 1}
         assert (
             roofline_columns(row, config, info.bytes_per_weight("fp32"), 30.0, None)["weight_bytes_per_token"]
             == 84 * 0.5625
@@ -282,3 +285,66 @@ def test_a_backend_declares_its_weight_width_and_arithmetic_so_a_plugin_gets_roo
         )
     finally:
         del REGISTRY["test-int4-weights"]
+
+
+def test_cached_roofs_belong_to_the_cpu_that_measured_them(monkeypatch, tmp_path):
+    # A cache shared between hosts (a Docker volume) must not hand one machine's roofs to another.
+    from gpt2bench.machine import sysinfo
+
+    monkeypatch.setenv("GPT2BENCH_CACHE", str(tmp_path))
+    measured = []
+
+    def measure(threads):
+        measured.append(threads)
+        return {"read_bandwidth_gbs": 10.0 * len(measured), "peak_gflops": {}}, 0.0
+
+    zen3 = {"vendor": "AuthenticAMD", "family": "25", "model": "1", "stepping": "1", "isa": ["avx2", "fma"]}
+    monkeypatch.setattr(sysinfo, "cpu_id", lambda: zen3)
+    assert machine_roofs(2, measure=measure)["read_bandwidth_gbs"] == 10.0
+    assert machine_roofs(2, measure=measure)["read_bandwidth_gbs"] == 10.0 and len(measured) == 1  # cached
+    monkeypatch.setattr(sysinfo, "cpu_id", lambda: {**zen3, "model": "17", "isa": ["avx2", "avx512_bf16"]})
+    assert machine_roofs(2, measure=measure)["read_bandwidth_gbs"] == 20.0  # another CPU: measured anew
+
+
+def test_prefill_flops_count_lm_head_on_the_last_position_only():
+    # GPT-2 124M at prompt 50: lm_head (768 x 50257) once, not 50 times. Counting it per prompt
+    # token put prefill_gflop (and prefill_gflops, prefill_peak_frac) 1.44x too high.
+    config = {"n_embd": 768, "n_layer": 12, "vocab_size": 50257}
+    blocks = 12 * (768 * 3 * 768 + 768 * 768 + 2 * 768 * 3072)
+    attention = 2 * 2 * 12 * 768 * 50 * 51 / 2
+    assert prefill_flops(config, 1, 50) == pytest.approx(2 * blocks * 50 + 2 * 768 * 50257 + attention)
+    overcounted = 2 * (blocks + 768 * 50257) * 50 + attention
+    assert overcounted / prefill_flops(config, 1, 50) == pytest.approx(1.44, abs=0.01)
+
+
+def test_decode_bytes_count_the_kv_cache_as_each_backend_reads_it():
+    from gpt2bench.measure.roofline import kv_bytes_per_step
+
+    gpt2 = {"n_embd": 768, "n_layer": 12, "vocab_size": 50257, "n_positions": 1024}
+    per_token = 2 * 12 * 768 * 4  # K and V, every layer, fp32: 73.7 kB
+    # Prompt 900, 124 generated: decode steps attend to 901..1023 tokens, 962 on average.
+    assert kv_bytes_per_step(gpt2, 1, 900, 124, 4) == pytest.approx(per_token * 962)
+    weights = decode_weight_bytes(gpt2, 4)
+    assert kv_bytes_per_step(gpt2, 1, 900, 124, 4) / weights == pytest.approx(0.143, abs=0.005)  # +14% fp32
+    assert kv_bytes_per_step(gpt2, 1, 900, 124, 4) / decode_weight_bytes(gpt2, 1) == pytest.approx(0.57, abs=0.01)
+    # A batch reads every sequence's cache; a concatenating cache moves it three times; a static one
+    # reads all its slots (prompt + gen rounded up to 64, at most the context) from the first step.
+    assert kv_bytes_per_step(gpt2, 4, 900, 124, 4) == pytest.approx(4 * per_token * 962)
+    assert kv_bytes_per_step(gpt2, 1, 900, 124, 4, "concat") == pytest.approx(3 * per_token * 962)
+    assert kv_bytes_per_step(gpt2, 1, 50, 100, 2, "allocated", 64) == pytest.approx(per_token / 2 * 192)
+    assert kv_bytes_per_step(gpt2, 1, 1000, 20, 4, "allocated", 64) == pytest.approx(per_token * 1024)
+    assert kv_bytes_per_step(gpt2, 8, 50, 1, 4) == 0  # one token: no decode step
+    assert get_backend("hf-eager").kv_traffic("fp32") == (4, "concat", 1)
+    assert get_backend("static-kv").kv_traffic("bf16") == (2, "allocated", 64)
+    assert get_backend("onnx-int8").kv_traffic("fp32") == (4, "concat", 1)  # int8 weights, fp32 cache
+    assert get_backend("vllm").kv_traffic("bf16") == (2, "context", 1)
+
+
+def test_the_bandwidth_fraction_is_of_weights_and_kv_together():
+    config = {"n_embd": 2, "n_layer": 1, "vocab_size": 3, "n_positions": 64}
+    row = {"tpot_ms_median": 1.0, "ttft_ms_median": 1.0, "batch_size": 1, "prompt_len": 6, "gen_len": 4}
+    cols = roofline_columns(row, config, 4, 1e-6, None, kv=(4, "context", 1))
+    assert cols["kv_bytes_per_token"] == 2 * 2 * 4 * (6 + 4 / 2) == 128
+    assert cols["decode_bytes_per_token"] == 336 + 128
+    assert cols["decode_gbs"] == pytest.approx(464 / 1e-3 / 1e9)
+    assert cols["decode_bw_frac"] == pytest.approx(464 / 1e-3 / 1e9 / 1e-6)

@@ -406,9 +406,9 @@ def test_interleaved_sweep_pools_rounds(tmp_path, tiny_model_dir):
         # Roofline figures come from the pooled rounds, each round's run paired with its own probes.
         rounds = samples["bandwidth_gbs"]
         assert row["bandwidth_source"] == "probe" and [len(r) for r in rounds] == [2, 2]
-        assert row["decode_gbs"] == pytest.approx(row["weight_bytes_per_token"] / row["tpot_ms_median"] / 1e6)
+        assert row["decode_gbs"] == pytest.approx(row["decode_bytes_per_token"] / row["tpot_ms_median"] / 1e6)
         runs = [(tpot, *probes) for tpot, probes in zip(samples["per_run"]["tpot_ms"], rounds, strict=True)]
-        assert row["decode_bw_frac"] == pytest.approx(probed_bw_frac(row["weight_bytes_per_token"], runs))
+        assert row["decode_bw_frac"] == pytest.approx(probed_bw_frac(row["decode_bytes_per_token"], runs))
     # --quality overrode the config; quality is per backend, so only the first cell measures it.
     first = [r for r in doc["rows"] if r["prompt_len"] == 4]
     assert all(r["ppl"] > 1 and r["ppl_windows"] == 4 for r in first)
@@ -427,7 +427,7 @@ def test_merge_rounds_recomputes_statistics_from_raw_samples():
             "peak_rss_mb": 100 + e2e,
             "tokens_consistent": True,
             "repeats": 1,
-            "weight_bytes_per_token": 1e6,
+            "decode_bytes_per_token": 1e6,
             "prefill_gflop": 1.0,
         }
         per_run = {m: [e2e] for m in ("ttft_ms", "tpot_ms", "e2e_ms", "decode_tps", "overall_tps", "prefill_tps")}
@@ -450,7 +450,7 @@ def test_merge_rounds_recomputes_roofline_from_the_pooled_medians():
             "other_cpu_frac": 0.0,
             "peak_rss_mb": 100,
             "tokens_consistent": True,
-            "weight_bytes_per_token": 1e6,
+            "decode_bytes_per_token": 1e6,
             "decode_gbs": 1e6 / ms / 1e6,
             "read_bandwidth_gbs": 1.0,
             "decode_bw_frac": 1e6 / ms / 1e6,
@@ -510,3 +510,20 @@ def test_resume_retries_failed_cells_and_cells_whose_quality_failed(tmp_path):
     assert plan(run) == [(backend, [small, large])]
     # Measured with other threads, the same cell is another configuration: still to do.
     assert plan(_run(spec, run.store, model, threads=1)) == [(backend, [small, large])]
+
+
+def test_interleaving_vllm_on_one_gpu_must_say_how_much_memory_it_may_take(tmp_path):
+    base = "output: x\ndevice: cuda\nprompt_lens: [4]\ngen_lens: [3]\n"
+    bare = base + "interleave: true\nbackends: [{name: hf-eager}, {name: vllm}]\n"
+    with pytest.raises(UsageError, match=r":6: backends: interleave on cuda keeps every backend loaded on one GPU"):
+        load_sweep(_write(tmp_path, bare))
+    sized = (
+        base + "interleave: true\nbackends: [{name: hf-eager}, {name: vllm, options: {gpu_memory_utilization: 0.3}}]\n"
+    )
+    assert load_sweep(_write(tmp_path, sized)).interleave_problem() is None
+    # Not interleaved, vLLM has the GPU to itself; `--interleave` on the command line is checked too.
+    unsized = load_sweep(_write(tmp_path, base + "backends: [{name: hf-eager}, {name: vllm}]\n"))
+    assert unsized.interleave_problem() is None
+    proc = run_cli("sweep", str(_write(tmp_path, base + "backends: [{name: vllm}]\n")), "--interleave")
+    assert proc.returncode == 2 and "interleave on cuda keeps every backend loaded" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0

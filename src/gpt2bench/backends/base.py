@@ -153,6 +153,16 @@ class BackendInfo:
     # (fbgemm's fp16 widens to fp32; int8 backends quantize activations too and multiply int8).
     weight_bytes: float | None = None
     compute_dtype: str | None = None
+    # How a decode step reads the KV cache (measure/roofline.py, KV_PASSES): "context" (the live
+    # context once), "concat" (copied into a new tensor every step, then read) or "allocated"
+    # (every slot of a preallocated cache, rounded up to kv_slot_round).
+    kv_reads: str = "context"
+    kv_slot_round: int = 1
+
+    def kv_traffic(self, dtype: str) -> tuple[float, str, int]:
+        """(bytes per cached element, how the cache is read, slot rounding) for a row in `dtype`: the
+        cache holds activations, so int8-weight backends still cache fp32."""
+        return BYTES_PER_PARAM.get(dtype, 4), self.kv_reads, self.kv_slot_round
 
     def bytes_per_weight(self, dtype: str) -> float:
         """What one weight of a row in `dtype` occupies in memory, as this backend stores it."""
@@ -214,6 +224,8 @@ def register(
     imports: tuple[str, ...] = (),
     weight_bytes: float | None = None,
     compute_dtype: str | None = None,
+    kv_reads: str = "context",
+    kv_slot_round: int = 1,
 ) -> Callable[[type[Backend]], type[Backend]]:
     """Register a backend class under `name`; the keywords are BackendInfo's fields."""
 
@@ -221,8 +233,21 @@ def register(
         if name in REGISTRY:
             raise ValueError(f"backend '{name}' registered twice")
         cls.name = name
+        if kv_reads not in ("context", "concat", "allocated"):
+            raise ValueError(f"backend '{name}': kv_reads must be context, concat or allocated, got {kv_reads!r}")
         REGISTRY[name] = BackendInfo(
-            name, cls, description, requires, devices, dtypes, options, imports, weight_bytes, compute_dtype
+            name,
+            cls,
+            description,
+            requires,
+            devices,
+            dtypes,
+            options,
+            imports,
+            weight_bytes,
+            compute_dtype,
+            kv_reads,
+            kv_slot_round,
         )
         return cls
 

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gpt2bench.backends.base import Backend, BackendSettings, check_bool_options, register
-from gpt2bench.backends.torch_common import TorchDevice, make_generator, select_next, torch_device, torch_dtype
+from gpt2bench.backends.torch_common import (
+    TorchDevice,
+    inductor_cache_state,
+    make_generator,
+    select_next,
+    torch_device,
+    torch_dtype,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -29,6 +36,7 @@ if TYPE_CHECKING:
     devices=("cpu", "cuda"),
     dtypes=("fp32", "bf16", "fp16"),
     options=("compile",),
+    kv_reads="concat",  # DynamicCache: torch.cat into a new tensor every step, then attention
 )
 class HFEager(TorchDevice, Backend):
     @classmethod
@@ -43,6 +51,7 @@ class HFEager(TorchDevice, Backend):
         net = GPT2LMHeadModel.from_pretrained(model.path, dtype=self.dtype)
         self.model = self.transform(net.eval().to(self.device))
         self.compiled = bool(settings.options.get("compile", False))
+        self.compile_cache = inductor_cache_state() if self.compiled else "none"
         if self.compiled:
             import torch
 
@@ -87,6 +96,9 @@ class HFEager(TorchDevice, Backend):
         with torch.inference_mode():
             out = self.model(input_ids=torch.from_numpy(input_ids).to(self.device), use_cache=False)
             return out.logits.float().cpu().numpy()
+
+    def describe(self) -> dict[str, Any]:
+        return {"compile_cache": self.compile_cache}
 
     def close(self) -> None:
         self.model = None
@@ -151,7 +163,7 @@ class _DynamicQuant(HFEager):
         return quantized
 
     def describe(self) -> dict[str, Any]:
-        return {"conv1d_converted": self.converted, **self.counts}
+        return {**super().describe(), "conv1d_converted": self.converted, **self.counts}
 
 
 @register(
@@ -160,6 +172,7 @@ class _DynamicQuant(HFEager):
     description="hf-eager with every linear layer dynamically quantized to fp16 weights",
     weight_bytes=2,
     compute_dtype="fp32",  # fbgemm widens the fp16 weights and multiplies in fp32
+    kv_reads="concat",  # DynamicCache: torch.cat into a new tensor every step, then attention
 )
 class HFFp16DynQuant(_DynamicQuant):
     quant_dtype = "float16"
@@ -171,6 +184,7 @@ class HFFp16DynQuant(_DynamicQuant):
     description="hf-eager with every linear layer dynamically quantized to qint8",
     weight_bytes=1,
     compute_dtype="int8",  # activations are quantized per call too: int8 x int8
+    kv_reads="concat",  # DynamicCache: torch.cat into a new tensor every step, then attention
 )
 class HFInt8DynQuant(_DynamicQuant):
     quant_dtype = "qint8"

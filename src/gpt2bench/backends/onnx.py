@@ -40,6 +40,15 @@ DEFAULT_WEIGHT_TYPE = "QInt8"
 DEFAULT_PER_CHANNEL = True
 
 
+def execution_providers(device: str) -> list[Any]:
+    """ONNX Runtime's providers for `device`. The CUDA provider runs fp32 MatMul and Conv in TF32
+    by default (10-bit mantissas) on Ampere and later, where torch and vLLM run true fp32: off, so
+    an "fp32" row means the same arithmetic on every backend. Every ONNX backend here is fp32."""
+    if device == "cuda":
+        return [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
 class _OrtBackend(Backend):
     variant: ClassVar[str]
 
@@ -59,7 +68,9 @@ class _OrtBackend(Backend):
             raise UsageError(f"ort_opt_level must be one of {', '.join(OPT_LEVELS)}, got '{level}'")
 
     def _build_options(self, settings: BackendSettings) -> dict[str, Any]:
-        return {}
+        # onnx-opt's fusions differ for the GPU (attention kernels the CUDA provider has): a GPU run
+        # optimizes for it, into an artifact of its own.
+        return {"use_gpu": settings.device == "cuda"} if self.variant == "onnx-opt" else {}
 
     def load(self, model: ModelRef, settings: BackendSettings) -> dict[str, float]:
         import onnxruntime as ort
@@ -86,7 +97,7 @@ class _OrtBackend(Backend):
             raise BenchError(
                 "--device cuda needs onnxruntime's CUDA provider: pip install onnxruntime-gpu (in place of onnxruntime)"
             )
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.cuda else ["CPUExecutionProvider"]
+        providers = execution_providers(settings.device)
         self.session = ort.InferenceSession(str(self.artifact.path), options, providers=providers)
         self._session_args = (options, providers)
         config = model.config()
@@ -176,6 +187,8 @@ class _OrtBackend(Backend):
         info = dict(self.artifact.manifest.get("info", {}))
         info["onnx_mb"] = round(self.artifact.path.stat().st_size / 2**20, 1)
         info["providers"] = self.session.get_providers()
+        if self.cuda:  # what the session runs with, as the provider reports it
+            info["cuda_use_tf32"] = self.session.get_provider_options().get("CUDAExecutionProvider", {}).get("use_tf32")
         return info
 
     def close(self) -> None:
@@ -189,6 +202,7 @@ class _OrtBackend(Backend):
     requires=REQUIRES,
     devices=("cpu", "cuda"),
     options=COMMON_OPTIONS,
+    kv_reads="concat",  # Concat(past, new) -> present every step, then attention
 )
 class OnnxBackend(_OrtBackend):
     variant = "onnx"
@@ -201,6 +215,7 @@ class OnnxBackend(_OrtBackend):
     requires=REQUIRES,
     devices=("cpu", "cuda"),
     options=COMMON_OPTIONS,
+    kv_reads="concat",  # Concat(past, new) -> present every step, then attention
 )
 class OnnxOptBackend(_OrtBackend):
     variant = "onnx-opt"
@@ -215,6 +230,7 @@ class OnnxOptBackend(_OrtBackend):
     options=(*COMMON_OPTIONS, "weight_type", "per_channel"),
     weight_bytes=1,
     compute_dtype="int8",  # dynamic quantization: activations quantized per call, int8 x int8
+    kv_reads="concat",  # Concat(past, new) -> present every step, then attention
 )
 class OnnxInt8Backend(_OrtBackend):
     variant = "onnx-int8"

@@ -175,13 +175,13 @@ def dedupe_tied_embedding(model: onnx.ModelProto) -> bool:
     return False
 
 
-def optimize_onnx(src: Path, out: Path, n_head: int, hidden: int) -> dict[str, Any]:
+def optimize_onnx(src: Path, out: Path, n_head: int, hidden: int, use_gpu: bool = False) -> dict[str, Any]:
     """onnxruntime's transformer optimizer with its GPT-2 fusions (LayerNorm, Gelu, Attention
     where its patterns match); returns the fused-operator counts."""
     from onnxruntime.transformers import optimizer
 
     optimized = optimizer.optimize_model(
-        str(src), model_type="gpt2", num_heads=n_head, hidden_size=hidden, use_gpu=False
+        str(src), model_type="gpt2", num_heads=n_head, hidden_size=hidden, use_gpu=use_gpu
     )
     fusions = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
     optimized.save_model_to_file(str(out), use_external_data_format=False)
@@ -265,6 +265,8 @@ def _fields(model: ModelRef, variant: str, options: dict[str, Any]) -> dict[str,
         "versions": _versions(),
         "parent": _key(_fields(model, PARENT[variant], options)) if variant in PARENT else None,
     }
+    if variant == "onnx-opt" and options.get("use_gpu"):
+        fields["use_gpu"] = True  # absent for the CPU graph: its cached key stays what it was
     if variant == "onnx-int8":
         fields["quantization"] = {"weight_type": options["weight_type"], "per_channel": options["per_channel"]}
     return fields
@@ -330,7 +332,8 @@ def _build_variant(
         return export_onnx(model.path, target), "export_s"
     if variant == "onnx-opt":
         config = model.config()
-        return optimize_onnx(parent.path, target, config["n_head"], config["n_embd"]), "optimize_s"
+        use_gpu = bool(options.get("use_gpu", False))
+        return optimize_onnx(parent.path, target, config["n_head"], config["n_embd"], use_gpu), "optimize_s"
     return quantize_onnx(parent.path, target, options["weight_type"], options["per_channel"]), "quantize_s"
 
 

@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from gpt2bench.backends.base import Backend, BackendSettings, register
-from gpt2bench.backends.torch_common import TorchDevice, emulated_on_cpu, sampling_probs, torch_device, torch_dtype
+from gpt2bench.backends.torch_common import (
+    TorchDevice,
+    emulated_on_cpu,
+    inductor_cache_state,
+    sampling_probs,
+    torch_device,
+    torch_dtype,
+)
 from gpt2bench.core.errors import UsageError
 
 if TYPE_CHECKING:
@@ -135,6 +142,7 @@ class _StaticKV(TorchDevice, Backend):
         self.cudagraphs = self.device.type == "cuda" and self.wants_graphs
         self._skips_at_compile = cudagraph_skips()
         self.shape: tuple[int, int] | None = None
+        self.compile_cache = inductor_cache_state() if self.mode is not None else "none"
         return {}
 
     def _compile(self) -> None:
@@ -260,7 +268,11 @@ class _StaticKV(TorchDevice, Backend):
         return [t for block in self.model.h for t in (block.attn.kv_cache.k, block.attn.kv_cache.v)]
 
     def describe(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"compile_mode": self.mode or "eager", "cuda_graphs": False}
+        info: dict[str, Any] = {
+            "compile_mode": self.mode or "eager",
+            "cuda_graphs": False,
+            "compile_cache": self.compile_cache,
+        }
         if self.wants_graphs:
             # What happened, not what was asked: inductor falls back to plain kernels, with only a log
             # line, when a graph cannot be captured (a CPU tensor in the step, a mutated input, ...).
@@ -284,6 +296,8 @@ class _StaticKV(TorchDevice, Backend):
     devices=("cpu", "cuda"),
     dtypes=("fp32", "bf16", "fp16"),
     options=("compile_mode",),
+    kv_reads="allocated",  # attention reads every slot of the preallocated cache
+    kv_slot_round=CACHE_ROUND,
 )
 class StaticKVCompiled(_StaticKV):
     compiled = True
@@ -295,6 +309,8 @@ class StaticKVCompiled(_StaticKV):
     description="static-kv without torch.compile (the same model, eager PyTorch)",
     devices=("cpu", "cuda"),
     dtypes=("fp32", "bf16", "fp16"),
+    kv_reads="allocated",  # attention reads every slot of the preallocated cache
+    kv_slot_round=CACHE_ROUND,
 )
 class StaticKVEager(_StaticKV):
     compiled = False

@@ -93,6 +93,20 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: 
     return scores.softmax(dim=-1)
 
 
+def compile_cache_state(folder: Path) -> str:
+    """ "warm" when an on-disk compile cache already holds entries (a later process reuses what an
+    earlier one compiled, and its setup or load time shows that), else "cold". Read before this
+    process compiles anything."""
+    return "warm" if folder.is_dir() and any(folder.iterdir()) else "cold"
+
+
+def inductor_cache_state() -> str:
+    """The state of inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR, else /tmp/torchinductor_USER)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return compile_cache_state(Path(cache_dir()))
+
+
 def torch_trace(run: Callable[[], None], out_dir: Path, cuda: bool) -> Path:
     """torch.profiler around `run`, exported as a Chrome trace (open in chrome://tracing or Perfetto)."""
     from torch.profiler import ProfilerActivity, profile

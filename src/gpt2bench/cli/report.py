@@ -27,9 +27,9 @@ def plot(
 
 
 COMPARE_EPILOG = (
-    "A regression is a change both significant (Mann-Whitney U on the per-repetition samples) and "
-    "beyond the threshold. Baseline rows the new run does not have fail too: a gate must not pass what "
-    "it did not check."
+    "A regression is a change both significant (Mann-Whitney U on the per-repetition samples, "
+    "Holm-corrected over every speed comparison of the call; 2+ repetitions per side) and beyond "
+    "the threshold. Baseline rows the new run does not have fail too: a gate must not pass what it did not check."
 )
 
 
@@ -50,7 +50,15 @@ def compare(
     ] = False,
 ) -> None:
     """Compare two results folders; exit 1 on a regression or a missing row."""
-    from gpt2bench.report.compare import DEFAULT_METRICS, REGRESSIONS, load, machine_note, markdown, power_note
+    from gpt2bench.report.compare import (
+        DEFAULT_METRICS,
+        REGRESSIONS,
+        few_note,
+        load,
+        machine_note,
+        markdown,
+        power_note,
+    )
     from gpt2bench.report.compare import compare as run_compare
 
     old_doc, new_doc = load(baseline), load(new)
@@ -58,7 +66,7 @@ def compare(
         old_doc, new_doc, tuple(metric or DEFAULT_METRICS), threshold, quality_threshold, alpha, normalize
     )
     print(markdown(verdicts, normalize))
-    for note in (machine_note(old_doc, new_doc), power_note(verdicts, alpha)):
+    for note in (machine_note(old_doc, new_doc), power_note(verdicts, alpha), few_note(verdicts)):
         if note:
             print(f"\n{note}")
     bad = [v for v in verdicts if v.verdict in REGRESSIONS]

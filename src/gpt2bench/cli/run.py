@@ -153,6 +153,9 @@ def coldstart(
     threads: Threads = None,
     prompt_len: Annotated[int, typer.Option(help="Prompt length for the first token.")] = 8,
     repeats: Annotated[int, typer.Option(help="Fresh processes to start.")] = 3,
+    cold_cache: Annotated[
+        bool, typer.Option(help="Give each process empty compile caches (inductor, vLLM): a first compile.")
+    ] = False,
     output: Output = Path("results"),
 ) -> None:
     """Time from a fresh process's start to its first token: interpreter, imports, load, first token."""
@@ -172,7 +175,7 @@ def coldstart(
     )
     spec.validate()
     prepare_output(output)
-    path, doc, stopped = measure_and_save(spec, output, warn)
+    path, doc, stopped = measure_and_save(spec, output, warn, cold_cache)
     if isinstance(stopped, KeyboardInterrupt):
         done = len(doc["per_process"])
         print(f"interrupted; the {done} finished process(es) are saved in {path.parent}", file=sys.stderr)

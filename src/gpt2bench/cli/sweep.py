@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from gpt2bench.cli.options import warn
-from gpt2bench.core.errors import BenchError
+from gpt2bench.core.errors import BenchError, UsageError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -59,6 +59,8 @@ def _start(spec: SweepSpec, config: Path, resume: bool, console: Console) -> Swe
     from gpt2bench.measure.spec import default_threads, oversubscription
     from gpt2bench.sweep.driver import SweepRun, cells_to_run, open_store, resolve_model_once
 
+    if problem := spec.interleave_problem():  # --interleave may have turned it on
+        raise UsageError(f"{config}: {problem}")
     prepare_output(spec.output)
     threads = spec.threads or default_threads()
     warned: set[str] = set()

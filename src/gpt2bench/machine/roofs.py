@@ -16,7 +16,7 @@ from typing import Any
 from gpt2bench.core.errors import BenchError
 from gpt2bench.core.fsutil import atomic_write_text
 from gpt2bench.core.paths import cache_dir
-from gpt2bench.machine.sysinfo import ContentionMonitor
+from gpt2bench.machine.sysinfo import ContentionMonitor, cpu_fingerprint
 
 log = logging.getLogger(__name__)
 # Roofs measured while other processes used more than this share of the machine are used for the
@@ -171,7 +171,9 @@ def machine_roofs(
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
         cached = {}
-    key = f"threads{threads}_v5"  # v5: the int8 roof includes fbgemm's quantized linear
+    # Keyed by the CPU too: a cache folder shared between hosts (a Docker volume, a home directory on
+    # NFS) must not serve one machine's roofs to another. v5: the int8 roof includes fbgemm's linear.
+    key = f"{cpu_fingerprint()}-threads{threads}_v5"
     if not refresh and key in cached:
         return dict(cached[key])
     roofs, busy = measure(threads)

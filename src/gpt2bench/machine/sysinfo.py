@@ -80,6 +80,16 @@ def cpu_id() -> dict[str, Any]:
     }
 
 
+def cpu_fingerprint() -> str:
+    """A short hash of what decides this CPU's roofs: model name, family/model/stepping, the
+    kernel-deciding instruction sets and the logical core count."""
+    import hashlib
+    import json
+
+    ident = {"model_name": cpu_model(), **cpu_id(), "cores": os.cpu_count()}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def cpu_label(env: dict[str, Any]) -> str:
     """One line naming the CPU of a recorded environment, e.g. 'AMD EPYC (family 25 model 1; avx2 fma)'."""
     name = env.get("cpu_model") or "?"

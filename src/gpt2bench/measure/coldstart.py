@@ -6,8 +6,10 @@ time are comparable and the parts add up to the total exactly."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -45,8 +47,17 @@ def parts(spawn: float, stamps: dict[str, float], exited: float = float("nan")) 
     )
 
 
-def measure(backend: str, model: str, device: str, dtype: str, threads: int, prompt_len: int) -> ColdStart:
-    """One fresh process's parts; `model` is the local folder the parent resolved."""
+def measure(
+    backend: str,
+    model: str,
+    device: str,
+    dtype: str,
+    threads: int,
+    prompt_len: int,
+    env: dict[str, str] | None = None,
+) -> ColdStart:
+    """One fresh process's parts; `model` is the local folder the parent resolved, `env` the
+    child's environment (None: this process's)."""
     args = [
         sys.executable,
         "-m",
@@ -59,7 +70,7 @@ def measure(backend: str, model: str, device: str, dtype: str, threads: int, pro
         str(prompt_len),
     ]
     spawn = time.monotonic()
-    proc = subprocess.run(args, capture_output=True, text=True)
+    proc = subprocess.run(args, capture_output=True, text=True, env=env)
     exited = time.monotonic()
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
@@ -67,15 +78,33 @@ def measure(backend: str, model: str, device: str, dtype: str, threads: int, pro
     return parts(spawn, json.loads(proc.stdout.strip().splitlines()[-1]), exited)
 
 
+def cold_cache_env(root: Path) -> dict[str, str]:
+    """This environment with private, empty compile caches under `root` (inductor's and vLLM's):
+    a process started with it compiles from scratch, as the first process on a machine does. The
+    model folder and gpt2bench's prepared artifacts (ONNX exports) are not compile caches and stay."""
+    root.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"), "VLLM_CACHE_ROOT": str(root / "vllm")}
+
+
 def measure_processes(
-    repeats: int, backend: str, model: str, device: str, dtype: str, threads: int, prompt_len: int
+    repeats: int,
+    backend: str,
+    model: str,
+    device: str,
+    dtype: str,
+    threads: int,
+    prompt_len: int,
+    cold_cache: bool = False,
 ) -> tuple[list[ColdStart], BaseException | None]:
-    """`repeats` fresh processes, one after another. When one fails or Ctrl-C arrives after the
-    first has finished, the processes already timed are kept: the stop comes back beside them."""
+    """`repeats` fresh processes, one after another, each with empty compile caches of its own when
+    `cold_cache`. When one fails or Ctrl-C arrives after the first has finished, the processes
+    already timed are kept: the stop comes back beside them."""
     runs: list[ColdStart] = []
     try:
         for _ in range(repeats):
-            runs.append(measure(backend, model, device, dtype, threads, prompt_len))
+            with tempfile.TemporaryDirectory(prefix="gpt2bench-cold-") as tmp:
+                env = cold_cache_env(Path(tmp)) if cold_cache else None
+                runs.append(measure(backend, model, device, dtype, threads, prompt_len, env))
     except (BenchError, KeyboardInterrupt) as exc:
         if not runs:
             raise
@@ -84,7 +113,7 @@ def measure_processes(
 
 
 def measure_and_save(
-    spec: RunSpec, output: Path, warn: Callable[[str], None]
+    spec: RunSpec, output: Path, warn: Callable[[str], None], cold_cache: bool = False
 ) -> tuple[Path, dict[str, Any], BaseException | None]:
     """Resolve the model once, time `spec.repeats` fresh processes, write coldstart.json. Returns
     its path, the document and what stopped the processes early (None when all finished)."""
@@ -101,9 +130,11 @@ def measure_and_save(
         warn(fallback)
     check_fits(spec, ref)
     runs, stopped = measure_processes(
-        spec.repeats, spec.backend, str(ref.path), spec.device, spec.dtype, spec.threads, spec.prompt_len
+        spec.repeats, spec.backend, str(ref.path), spec.device, spec.dtype, spec.threads, spec.prompt_len, cold_cache
     )
     doc = document(runs, ref.as_record(), spec.as_record(), environment())
+    # Warm (the default) is a deployment's restart; cold is a machine's first process.
+    doc["compile_cache"] = "cold: private, empty inductor and vLLM caches per process" if cold_cache else "shared"
     if stopped is not None:
         doc["stopped"] = "interrupted (Ctrl-C)" if isinstance(stopped, KeyboardInterrupt) else str(stopped)
     folder = output / new_run_id(f"coldstart-{spec.backend}")

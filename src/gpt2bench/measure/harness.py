@@ -7,8 +7,10 @@ before each clock read. Tokenization happened before (prompts.py) and is not in 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +18,14 @@ import numpy as np
 from gpt2bench.backends.base import Backend, BackendSettings, Sampling
 from gpt2bench.core.errors import BenchError
 from gpt2bench.machine.sysinfo import ContentionMonitor, CpuContention, peak_rss_mb, reset_peak_rss, rss_mb
-from gpt2bench.measure.metrics import PER_RUN_METRICS, RunMetrics, percentiles, run_metrics, summarize
+from gpt2bench.measure.metrics import (
+    PER_RUN_METRICS,
+    RunMetrics,
+    burst_fraction,
+    percentiles,
+    run_metrics,
+    summarize,
+)
 from gpt2bench.measure.prompts import Prompts
 from gpt2bench.models.ref import ModelRef
 
@@ -64,6 +73,10 @@ class Measurement:
     def stats(self) -> dict[str, dict[str, float]]:
         return {name: summarize([getattr(r, name) for r in self.runs]) for name in PER_RUN_METRICS}
 
+    def burst_fraction(self) -> float:
+        """Share of inter-token gaps under metrics.BURST_ITL_MS over all timed repetitions."""
+        return burst_fraction([v for r in self.runs for v in r.itl_ms])
+
     def itl_percentiles(self) -> dict[str, float]:
         """Inter-token latencies pooled over all measured repetitions."""
         return percentiles([v for r in self.runs for v in r.itl_ms])
@@ -88,20 +101,39 @@ def timed_generation(
     backend.synchronize()
     start = clock()
     for step in backend.generate(input_ids, gen_len, sampling):
+        # Host ids first, then the clock: a step yielded as a lazy or device array is computed or
+        # copied by this conversion, inside its own timestamp rather than after it.
+        steps.append(np.asarray(step, dtype=np.int64).reshape(-1))
         backend.synchronize()
         stamps.append(clock())
-        steps.append(step)
         if len(steps) > gen_len:
             break
     batch = input_ids.shape[0]
     if len(steps) != gen_len:
         raise BenchError(f"backend '{backend.name}' produced {len(steps)} generation steps, expected exactly {gen_len}")
-    tokens = np.stack([np.asarray(s, dtype=np.int64).reshape(-1) for s in steps], axis=1)
+    tokens = np.stack(steps, axis=1)
     if tokens.shape != (batch, gen_len):
         raise BenchError(
             f"backend '{backend.name}' produced token ids of shape {tokens.shape}, expected {(batch, gen_len)}"
         )
     return Generation(start, stamps, tokens)
+
+
+@contextlib.contextmanager
+def no_garbage_collection() -> Iterator[None]:
+    """Keep Python's cyclic garbage collector out of a timed region: collect now, freeze what
+    survives (a later collection need not walk it) and disable automatic collection until the
+    region ends. A collection inside a generation would land in one token's latency."""
+    gc.collect()
+    gc.freeze()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+        gc.unfreeze()
 
 
 def measure(
@@ -136,7 +168,8 @@ def measure(
         # Other processes' CPU is counted over the timed generations only: the bandwidth probe
         # runs in a helper process between them, and is not noise.
         monitor = ContentionMonitor()
-        generations.append(timed_generation(backend, prompts.input_ids, gen_len, sampling))
+        with no_garbage_collection():
+            generations.append(timed_generation(backend, prompts.input_ids, gen_len, sampling))
         contentions.append(monitor.stop())
         if on_step:
             on_step("measure", i + 1, repeats)

@@ -68,15 +68,28 @@ def t_critical_95(dof: int) -> float:
     return float(t.ppf(0.975, dof))
 
 
+def resolves(q: float, n: int) -> bool:
+    """Whether n samples can tell the q-th percentile from the maximum: at least one sample must
+    lie above it, n >= 100 / (100 - q). p90 needs 10 samples and p99 100; of 5 repetitions,
+    "p99" would be the largest one under another name."""
+    return n * (100 - q) >= 100
+
+
+def percentile(arr: np.ndarray, q: float) -> float:
+    """The q-th percentile (linear interpolation), NaN where the sample cannot resolve it."""
+    return float(np.percentile(arr, q)) if resolves(q, arr.size) else math.nan
+
+
 def summarize(values: Sequence[float]) -> dict[str, float]:
-    """Median, mean, sample std, min, max, p90, p99 (linear interpolation) and the 95% confidence
-    interval of the mean (Student t). NaN samples (e.g. TPOT of 1-token runs) are ignored."""
+    """Median, mean, sample std, min, max, p90, p99 (linear interpolation; NaN where too few
+    samples resolve them, see `resolves`) and the 95% confidence interval of the mean (Student t).
+    NaN samples (e.g. TPOT of 1-token runs) are ignored; one sample has no spread (std NaN)."""
     arr = np.asarray(values, dtype=np.float64)
     arr = arr[~np.isnan(arr)]
     if arr.size == 0:
         return dict.fromkeys(STATS, math.nan)
     mean = float(arr.mean())
-    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    std = float(arr.std(ddof=1)) if arr.size > 1 else math.nan
     half = t_critical_95(arr.size - 1) * std / math.sqrt(arr.size) if arr.size > 1 else math.nan
     return {
         "median": float(np.median(arr)),
@@ -84,8 +97,8 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
         "std": std,
         "min": float(arr.min()),
         "max": float(arr.max()),
-        "p90": float(np.percentile(arr, 90)),
-        "p99": float(np.percentile(arr, 99)),
+        "p90": percentile(arr, 90),
+        "p99": percentile(arr, 99),
         "ci95_low": mean - half,
         "ci95_high": mean + half,
     }
@@ -95,4 +108,25 @@ def percentiles(values: Sequence[float], qs: Sequence[int] = (50, 90, 99)) -> di
     arr = np.asarray(values, dtype=np.float64)
     if arr.size == 0:
         return {f"p{q}": math.nan for q in qs}
-    return {f"p{q}": float(np.percentile(arr, q)) for q in qs}
+    return {f"p{q}": percentile(arr, q) for q in qs}
+
+
+# A GPT-2 decode step takes milliseconds on the hardware here; gaps under 10 us are tokens that were
+# already computed when the harness asked for them (compute-ahead, or a batch run in waves).
+BURST_ITL_MS = 0.010
+BURST_FRACTION = 0.10  # more than this share of such gaps flags the row
+
+
+def burst_fraction(itl_ms: Sequence[float]) -> float:
+    """Share of inter-token gaps shorter than BURST_ITL_MS."""
+    return sum(g < BURST_ITL_MS for g in itl_ms) / len(itl_ms) if len(itl_ms) else 0.0
+
+
+def burst_warning(fraction: float) -> str:
+    """The row's timing warning for a burst fraction (empty when there is nothing to say)."""
+    if fraction <= BURST_FRACTION:
+        return ""
+    return (
+        f"{fraction:.0%} of inter-token gaps were under {BURST_ITL_MS * 1e3:.0f} us: tokens arrived in bursts "
+        "(the backend computed ahead, or ran the batch in waves), so TPOT and ITL do not show per-token work"
+    )

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from gpt2bench.machine.sysinfo import CpuContention
-from gpt2bench.measure.metrics import PER_RUN_METRICS, STATS, percentiles, summarize
+from gpt2bench.measure.metrics import PER_RUN_METRICS, STATS, burst_fraction, burst_warning, percentiles, summarize
 from gpt2bench.measure.roofline import probe_runs, roofline_rates
 
 if TYPE_CHECKING:
@@ -70,6 +70,11 @@ MEASURE_COLUMNS = [
     "peak_rss_scope",
     "other_cpu_s",
     "other_cpu_frac",
+    "compile_cache",  # cold | warm | none: an on-disk compile cache's state before load (setup_s, load_s)
+    "async_scheduling",  # vLLM: the next step scheduled while one runs (on CUDA); see docs/backends.md
+    "cuda_use_tf32",  # ONNX Runtime's CUDA provider: "0" = true fp32 matmuls
+    "itl_burst_frac",  # share of inter-token gaps under 10 us: tokens that arrived in bursts
+    "timing_warnings",  # what the timestamps say is wrong (bursts); empty when nothing is
     "timestamp_utc",
     "git_commit",
     "gpt2bench_version",
@@ -90,10 +95,12 @@ QUALITY_COLUMNS = [
     "quality_s",
     "quality_error",  # why quality failed; the row's speed figures stand
 ]
-# See measure/roofline.py: weight bytes read per decoded token, achieved GB/s, share of the measured read
+# See measure/roofline.py: weight and KV-cache bytes read per decoded token, achieved GB/s, share of the measured read
 # bandwidth; prefill GFLOP, achieved GFLOP/s, share of the measured peak matmul rate.
 ROOFLINE_COLUMNS = [
-    "weight_bytes_per_token",
+    "weight_bytes_per_token",  # the weights alone, at the backend's weight width
+    "kv_bytes_per_token",  # the KV cache a decode step moves, mean over the run, every sequence
+    "decode_bytes_per_token",  # the two together: what decode_gbs and decode_bw_frac are of
     "decode_gbs",
     "decode_bw_frac",
     "read_bandwidth_gbs",
@@ -105,6 +112,10 @@ ROOFLINE_COLUMNS = [
     "prefill_peak_frac",
 ]
 COLUMNS = IDENTITY_COLUMNS + MEASURE_COLUMNS + QUALITY_COLUMNS + ROOFLINE_COLUMNS
+
+
+# Facts a backend's describe() reports that qualify its numbers, so they are columns of the row.
+ROW_DETAILS = ("compile_cache", "async_scheduling", "cuda_use_tf32")
 
 
 # What makes two rows one configuration measured: the engine and its settings, the weights, the
@@ -215,6 +226,8 @@ def ok_row(fields: Row, load: LoadResult, m: Measurement, prompts: Prompts, env:
         "peak_rss_scope": m.peak_rss_scope,
         "other_cpu_s": m.contention.other_cpu_s,
         "other_cpu_frac": m.contention.other_cpu_frac,
+        "itl_burst_frac": m.burst_fraction(),
+        "timing_warnings": burst_warning(m.burst_fraction()),
         "timestamp_utc": env["timestamp_utc"],
         "git_commit": env["git"]["commit"],
         "gpt2bench_version": env["gpt2bench_version"],
@@ -233,7 +246,10 @@ def merge_rounds(rows: list[Row], samples: list[dict[str, Any]]) -> tuple[Row, d
     per_run = {m: [v for s in samples for v in s["per_run"][m]] for m in PER_RUN_METRICS}
     for metric, values in per_run.items():
         row.update({f"{metric}_{stat}": v for stat, v in summarize(values).items()})
-    row.update({f"itl_ms_{k}": v for k, v in percentiles([x for s in samples for r in s["itl_ms"] for x in r]).items()})
+    itl = [x for s in samples for r in s["itl_ms"] for x in r]
+    row.update({f"itl_ms_{k}": v for k, v in percentiles(itl).items()})
+    row["itl_burst_frac"] = burst_fraction(itl)
+    row["timing_warnings"] = burst_warning(row["itl_burst_frac"])
     row["repeats"] = len(per_run["e2e_ms"])
     row["warmup"], row["setup_s"] = rows[0]["warmup"], rows[0]["setup_s"]
     contention = CpuContention.total(
@@ -264,7 +280,7 @@ def _merged_rates(row: Row, probed: list[dict[str, Any]]) -> Row:
     probes = [p for s in probed for p in s["bandwidth_gbs"]]
     bandwidth = statistics.median(probes) if probes else row.get("read_bandwidth_gbs")
     return roofline_rates(
-        row["weight_bytes_per_token"],
+        row["decode_bytes_per_token"],
         row["prefill_gflop"],
         row["tpot_ms_median"],
         row["ttft_ms_median"],

@@ -10,7 +10,7 @@ from typing import Any
 
 from gpt2bench.core.errors import UsageError, one_line
 from gpt2bench.core.fsutil import check_writable
-from gpt2bench.measure.row import ok_row, spec_fields
+from gpt2bench.measure.row import ROW_DETAILS, ok_row, spec_fields
 from gpt2bench.measure.spec import RunSpec, oversubscription
 
 QUALITY_INTERRUPTED = "interrupted (Ctrl-C) before quality finished"
@@ -120,7 +120,8 @@ def measure_cell(
     details = backend.describe()
     quality = _quality(backend, model, tokenizer, spec.quality, on_step) if spec.quality is not None else {}
     env = environment()
-    row = ok_row(spec_fields(spec, model, run_id, label), session.load, m, prompts, env, quality)
+    facts = {k: details[k] for k in ROW_DETAILS if k in details}
+    row = ok_row(spec_fields(spec, model, run_id, label), session.load, m, prompts, env, {**facts, **quality})
     row.update(_roofline(spec, row, model, roofs, [r.tpot_ms for r in m.runs], m.bandwidth_gbs))
     sample_text = tokenizer.decode(m.generations[0].tokens[0].tolist())
     samples = _samples(spec, row, m, prompts, sample_text, details, backend.warnings(), env)
@@ -188,7 +189,13 @@ def _roofline(
     bandwidth = statistics.median(probed) if probed else roofs.get("read_bandwidth_gbs")
     runs = probe_runs(tpot_ms, probed) if probed else []
     columns = roofline_columns(
-        row, model.config(), info.bytes_per_weight(spec.dtype), bandwidth, peak_for(roofs, arithmetic), runs
+        row,
+        model.config(),
+        info.bytes_per_weight(spec.dtype),
+        bandwidth,
+        peak_for(roofs, arithmetic),
+        runs,
+        info.kv_traffic(spec.dtype),
     )
     return {**columns, "compute_dtype": arithmetic}
 

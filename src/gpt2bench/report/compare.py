@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,35 @@ class Verdict:
     baseline: float | None
     new: float | None
     ratio: float | None  # new / baseline
-    p_value: float | None
-    verdict: str  # faster | slower | same | better | worse | missing | new | reference
+    p_value: float | None  # Mann-Whitney U, two-sided, as tested
+    verdict: str  # faster | slower | same | too-few | better | worse | missing | new | reference
     samples: tuple[int, int] | None = None  # repetitions behind a speed verdict: (baseline, new)
+    p_holm: float | None = None  # p_value after Holm's correction over every speed test of the call
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment: the i-th smallest of m p-values times (m - i), kept monotone,
+    capped at 1. Rejecting where the adjusted p < alpha holds the family-wise error rate at alpha
+    over all m tests (a cpu.yaml sweep compares ~330), with no assumption about their dependence."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted = [1.0] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def _corrected(verdicts: list[Verdict], alpha: float) -> list[Verdict]:
+    """Speed verdicts judged on Holm-adjusted p-values: a change is significant only if it
+    survives the correction for every other speed test made alongside it."""
+    tested = [i for i, v in enumerate(verdicts) if v.p_value is not None]
+    adjusted = holm([verdicts[i].p_value for i in tested])  # type: ignore[misc]
+    out = list(verdicts)
+    for i, p in zip(tested, adjusted, strict=True):
+        verdict = out[i].verdict if p < alpha or out[i].verdict not in ("slower", "faster") else "same"
+        out[i] = replace(out[i], p_holm=p, verdict=verdict)
+    return out
 
 
 def smallest_p(n_baseline: int, n_new: int) -> float:
@@ -144,7 +170,7 @@ def compare(
         else:
             verdicts += [_speed(base, cand, key, m, threshold, alpha, normalize) for m in metrics]
         verdicts += _quality(base[key][0], cand[key][0], key, quality_threshold)
-    return [v for v in verdicts if v is not None]
+    return _corrected([v for v in verdicts if v is not None], alpha)
 
 
 def _speed(
@@ -164,11 +190,13 @@ def _speed(
         return None
     b_med, n_med = float(np.median(b)), float(np.median(n))
     ratio = n_med / b_med if b_med else math.inf
-    p = float(mannwhitneyu(n, b, alternative="two-sided").pvalue) if len(b) > 1 and len(n) > 1 else None
-    significant = p is None or p < alpha
+    if len(b) < 2 or len(n) < 2:  # one repetition has no spread: no test can tell change from noise
+        return Verdict(key, metric, b_med, n_med, ratio, None, "too-few", (len(b), len(n)))
+    p = float(mannwhitneyu(n, b, alternative="two-sided").pvalue)
     worse = ratio > 1 + threshold if SPEED_METRICS[metric] else ratio < 1 - threshold
     better = ratio < 1 - threshold if SPEED_METRICS[metric] else ratio > 1 + threshold
-    verdict = "slower" if significant and worse else "faster" if significant and better else "same"
+    # Significance is decided after Holm's correction over the whole comparison (`_corrected`).
+    verdict = "slower" if worse else "faster" if better else "same"
     return Verdict(key, metric, b_med, n_med, ratio, p, verdict, (len(b), len(n)))
 
 
@@ -194,8 +222,9 @@ def _num(v: float | None, digits: int = 3) -> str:
 def markdown(verdicts: list[Verdict], normalized_to: str | None) -> str:
     unit = f" (normalized to {normalized_to})" if normalized_to else ""
     lines = [
-        f"| backend | dtype | options | prompt | gen | batch | metric{unit} | baseline | new | ratio | p | verdict |",
-        "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
+        f"| backend | dtype | options | prompt | gen | batch | metric{unit} | baseline | new | ratio | p | p (Holm) "
+        "| verdict |",
+        "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for v in verdicts:
         fields = key_fields(v.key)
@@ -204,9 +233,20 @@ def markdown(verdicts: list[Verdict], normalized_to: str | None) -> str:
         mark = f"**{v.verdict}**" if v.verdict in (*REGRESSIONS, "missing") else v.verdict
         lines.append(
             f"| {backend} | {dtype} | {options} | {prompt} | {gen} | {batch} | {v.metric} | {_num(v.baseline)} | "
-            f"{_num(v.new)} | {_num(v.ratio)} | {_num(v.p_value, 2)} | {mark} |"
+            f"{_num(v.new)} | {_num(v.ratio)} | {_num(v.p_value, 2)} | {_num(v.p_holm, 2)} | {mark} |"
         )
     return "\n".join(lines)
+
+
+def few_note(verdicts: list[Verdict]) -> str | None:
+    """A note when some speed metric had a single repetition on a side: no verdict for it."""
+    few = [v for v in verdicts if v.verdict == "too-few"]
+    if not few:
+        return None
+    return (
+        f"note: {len(few)} comparison(s) had one repetition on a side: one sample has no spread, so no "
+        "change can be told from noise there ('too-few', not a verdict). Measure with --repeats 2 or more."
+    )
 
 
 def machine_note(baseline: dict[str, Any], new: dict[str, Any]) -> str | None:

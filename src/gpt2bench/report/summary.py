@@ -68,7 +68,8 @@ def roofline_line(row: dict[str, Any]) -> str | None:
         else "no read bandwidth measured"
     )
     return (
-        f"roofline: decode reads {row['weight_bytes_per_token'] / 1e6:.0f} MB of weights per step, "
+        f"roofline: decode reads {row['weight_bytes_per_token'] / 1e6:.0f} MB of weights and "
+        f"{(row.get('kv_bytes_per_token') or 0) / 1e6:.1f} MB of KV cache per step, "
         f"{row['decode_gbs']:.1f} GB/s ({memory}); prefill {row['prefill_gflops']:.1f} {unit} ({roof})"
     )
 
@@ -146,6 +147,8 @@ def _print_facts(console: Console, row: dict[str, Any], details: dict[str, Any])
 
 def _print_flags(console: Console, row: dict[str, Any], sample_text: str, warnings: Sequence[str]) -> None:
     """What should make a reader doubt or qualify the numbers: noise, non-determinism, quality."""
+    if row.get("timing_warnings"):
+        console.print(f"timing: {row['timing_warnings']}", style="yellow", markup=False, highlight=False)
     noise = row.get("other_cpu_frac")
     if noise is not None and not math.isnan(noise) and noise > 0.1:
         console.print(

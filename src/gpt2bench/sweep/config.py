@@ -104,6 +104,20 @@ class SweepSpec:
     quality: QualityConfig = field(default_factory=QualityConfig)
     source: str = ""
 
+    def interleave_problem(self) -> str | None:
+        """Why this sweep cannot interleave, or None. Interleaved, every backend's worker stays
+        loaded at once; on one GPU vLLM takes 90% of its memory by default and the others would not
+        fit, so a vLLM backend must say how much it may take."""
+        if not self.interleave or self.device != "cuda":
+            return None
+        for backend in self.backends:
+            if backend.name == "vllm" and not {"gpu_memory_utilization", "kv_cache_gb"} & set(backend.options):
+                return (
+                    f"interleave on cuda keeps every backend loaded on one GPU: give {backend.display()} "
+                    "options: {gpu_memory_utilization: 0.3} (or kv_cache_gb) so the others fit beside it"
+                )
+        return None
+
     def quality_settings(self) -> QualitySettings:
         return self.quality.settings()
 
@@ -217,7 +231,7 @@ def load_sweep(path: Path) -> SweepSpec:
     if probe_bandwidth and device != "cpu":
         raise _fail(src, get("probe_bandwidth"), "probes the CPU's memory; it is for device: cpu")
     cells = _cells(src, top)
-    return SweepSpec(
+    spec = SweepSpec(
         backends=_backends(src, top["backends"], device, cells[0]),
         cells=cells,
         output=Path(_scalar(src, top["output"], str)) if "output" in top else Path("results") / path.stem,
@@ -232,6 +246,9 @@ def load_sweep(path: Path) -> SweepSpec:
         quality=_quality(src, top["quality"]) if "quality" in top else QualityConfig(),
         source=src,
     )
+    if problem := spec.interleave_problem():
+        raise _fail(src, top["backends"], problem)
+    return spec
 
 
 def _compose(path: Path) -> yaml.Node:
