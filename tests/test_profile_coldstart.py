@@ -7,11 +7,11 @@ import pytest
 
 from conftest import run_cli
 from gpt2bench.core.errors import BenchError
-from gpt2bench.measure.coldstart import PARTS, ColdStart, measure
+from gpt2bench.measure.coldstart import PARTS, ChildSpec, ColdStart, measure
 
 
 def test_cold_start_parts_add_up_and_fit_inside_the_process_lifetime(tiny_model_dir):
-    result = measure("hf-eager", str(tiny_model_dir), "cpu", "fp32", 1, 4)
+    result = measure(ChildSpec("hf-eager", str(tiny_model_dir), "cpu", "fp32", 1, 4))
     values = [getattr(result, part) for part in PARTS]
     assert all(v > 0 for v in values), values
     assert result.total_s == pytest.approx(sum(values))

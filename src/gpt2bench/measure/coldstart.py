@@ -47,28 +47,25 @@ def parts(spawn: float, stamps: dict[str, float], exited: float = float("nan")) 
     )
 
 
-def measure(
-    backend: str,
-    model: str,
-    device: str,
-    dtype: str,
-    threads: int,
-    prompt_len: int,
-    env: dict[str, str] | None = None,
-) -> ColdStart:
-    """One fresh process's parts; `model` is the local folder the parent resolved, `env` the
-    child's environment (None: this process's)."""
-    args = [
-        sys.executable,
-        "-m",
-        "gpt2bench.measure.coldstart",
-        backend,
-        model,
-        device,
-        dtype,
-        str(threads),
-        str(prompt_len),
-    ]
+@dataclass(frozen=True)
+class ChildSpec:
+    """What one fresh process loads and runs: its command line (`child` reads it back)."""
+
+    backend: str
+    model: str  # the local folder the parent resolved
+    device: str
+    dtype: str
+    threads: int
+    prompt_len: int
+
+    def argv(self) -> list[str]:
+        fields = (self.backend, self.model, self.device, self.dtype, str(self.threads), str(self.prompt_len))
+        return [sys.executable, "-m", "gpt2bench.measure.coldstart", *fields]
+
+
+def measure(child: ChildSpec, env: dict[str, str] | None = None) -> ColdStart:
+    """One fresh process's parts; `env` is its environment (None: this process's)."""
+    args = child.argv()
     spawn = time.monotonic()
     proc = subprocess.run(args, capture_output=True, text=True, env=env)
     exited = time.monotonic()
@@ -87,14 +84,7 @@ def cold_cache_env(root: Path) -> dict[str, str]:
 
 
 def measure_processes(
-    repeats: int,
-    backend: str,
-    model: str,
-    device: str,
-    dtype: str,
-    threads: int,
-    prompt_len: int,
-    cold_cache: bool = False,
+    repeats: int, child: ChildSpec, cold_cache: bool = False
 ) -> tuple[list[ColdStart], BaseException | None]:
     """`repeats` fresh processes, one after another, each with empty compile caches of its own when
     `cold_cache`. When one fails or Ctrl-C arrives after the first has finished, the processes
@@ -104,7 +94,7 @@ def measure_processes(
         for _ in range(repeats):
             with tempfile.TemporaryDirectory(prefix="gpt2bench-cold-") as tmp:
                 env = cold_cache_env(Path(tmp)) if cold_cache else None
-                runs.append(measure(backend, model, device, dtype, threads, prompt_len, env))
+                runs.append(measure(child, env))
     except (BenchError, KeyboardInterrupt) as exc:
         if not runs:
             raise
@@ -129,9 +119,8 @@ def measure_and_save(
     if fallback := ref.fallback_warning():
         warn(fallback)
     check_fits(spec, ref)
-    runs, stopped = measure_processes(
-        spec.repeats, spec.backend, str(ref.path), spec.device, spec.dtype, spec.threads, spec.prompt_len, cold_cache
-    )
+    child = ChildSpec(spec.backend, str(ref.path), spec.device, spec.dtype, spec.threads, spec.prompt_len)
+    runs, stopped = measure_processes(spec.repeats, child, cold_cache)
     doc = document(runs, ref.as_record(), spec.as_record(), environment())
     # Warm (the default) is a deployment's restart; cold is a machine's first process.
     doc["compile_cache"] = "cold: private, empty inductor and vLLM caches per process" if cold_cache else "shared"
