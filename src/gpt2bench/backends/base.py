@@ -7,6 +7,7 @@ iterator that `generate` returns, so every backend is timed by the same code.
 from __future__ import annotations
 
 import importlib.util
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,6 +42,9 @@ class Sampling:
         return f"sample(t={self.temperature:g},k={self.top_k},p={self.top_p:g},seed={self.seed})"
 
     def validate(self) -> None:
+        for name in ("temperature", "top_p"):  # NaN passes every comparison below, then fails in sampling
+            if not math.isfinite(getattr(self, name)):
+                raise UsageError(f"{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
         if self.temperature < 0:
             raise UsageError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:

@@ -60,6 +60,8 @@ class QualitySettings:
             raise UsageError(f"perplexity stride must be in [1, window], got {self.stride}")
         if self.max_windows is not None and self.max_windows < 1:
             raise UsageError(f"max windows must be at least 1, got {self.max_windows}")
+        if self.text.is_dir():
+            raise UsageError(f"eval text '{self.text}' is a folder; give a text file")
         if not self.text.is_file():
             raise UsageError(f"eval text '{self.text}' does not exist")
         if self.text.stat().st_size == 0:

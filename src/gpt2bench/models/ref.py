@@ -57,9 +57,63 @@ def local_model(reference: str, folder: Path) -> ModelRef:
         raise BenchError(f"'{reference}' is not a Hugging Face model folder (no config.json in {folder})")
     if not weight_files(folder):
         raise BenchError(f"'{reference}' has no weights (*.safetensors or *.bin) in {folder}")
+    check_model_folder(reference, folder)
     marker = folder / MARKER
     weights = json.loads(marker.read_text()).get("weights", "random") if marker.is_file() else "pretrained"
     return ModelRef(reference, folder, weights, weights_hash(folder))
+
+
+# The config fields every layer above reads (shapes, the roofline, the KV-cache sizes).
+CONFIG_FIELDS = ("n_embd", "n_layer", "n_head", "vocab_size")
+
+
+def check_model_folder(reference: str, folder: Path) -> None:
+    """What would otherwise fail inside a backend's load as a library's exception: config.json is
+    JSON, a GPT-2 config with its shape fields, and each safetensors file's header is complete,
+    fits in the file, and gives the token embedding the config's shape."""
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BenchError(f"'{reference}': {path} is not readable JSON ({type(exc).__name__})") from None
+    if not isinstance(config, dict):
+        raise BenchError(f"'{reference}': {path} holds a JSON {type(config).__name__}, not a model config")
+    if config.get("model_type") != "gpt2":
+        raise BenchError(
+            f"'{reference}': {path} describes model_type {config.get('model_type')!r}; gpt2bench runs GPT-2 "
+            "(model_type 'gpt2')"
+        )
+    missing = [name for name in CONFIG_FIELDS if not isinstance(config.get(name), int)]
+    if missing:
+        raise BenchError(f"'{reference}': {path} has no {', '.join(missing)}")
+    for weights in (p for p in weight_files(folder) if p.suffix == ".safetensors"):
+        _check_safetensors(reference, weights, [config["vocab_size"], config["n_embd"]])
+
+
+def _check_safetensors(reference: str, path: Path, embedding: list[int]) -> None:
+    """A safetensors file is an 8-byte header length, a JSON header naming every tensor's byte
+    range, then the data: a truncated or empty file shows in the header alone (read, not the data)."""
+    size = path.stat().st_size
+    bad = f"'{reference}': {path.name} is truncated or not a safetensors file"
+    with path.open("rb") as fh:
+        prefix = fh.read(8)
+        length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if not 0 < length <= size - 8:
+            raise BenchError(f"{bad} ({size} bytes)")
+        try:
+            header = json.loads(fh.read(length))
+        except (UnicodeDecodeError, ValueError):
+            raise BenchError(f"{bad} (its header is not JSON)") from None
+    tensors = {name: t for name, t in header.items() if name != "__metadata__" and isinstance(t, dict)}
+    end = max((t.get("data_offsets", [0, 0])[1] for t in tensors.values()), default=0)
+    if 8 + length + end > size:
+        raise BenchError(f"{bad}: its tensors need {8 + length + end} bytes, the file has {size}")
+    wte = [t for name, t in tensors.items() if name.endswith("wte.weight")]
+    if wte and wte[0].get("shape") != embedding:
+        raise BenchError(
+            f"'{reference}': {path.name} holds a token embedding of shape {wte[0].get('shape')}, "
+            f"config.json says {embedding} (vocab_size, n_embd)"
+        )
 
 
 def weight_files(folder: Path) -> list[Path]:

@@ -7,6 +7,7 @@ result records where they came from and a hash of them.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from gpt2bench.models.ref import MARKER, ModelRef, copy_tokenizer, local_model
 DEFAULT_MODEL = "gpt2"
 RANDOM = "random"
 TINY = "tiny"  # a narrow GPT-2 trained on the bundled text (tiny.py), for quality checks offline
+log = logging.getLogger("gpt2bench")
 HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "*.json", "merges.txt"]
 
 
@@ -37,9 +39,7 @@ def _resolve(reference: str) -> ModelRef:
     if reference == RANDOM:
         return random_model()
     if reference == TINY:
-        from gpt2bench.models.tiny import tiny_model_dir
-
-        return local_model(TINY, tiny_model_dir(log=lambda msg: print(f"make-tiny: {msg}", file=sys.stderr)))
+        return tiny_model()
     local = Path(reference).expanduser()
     if local.exists():
         return local_model(reference, local)
@@ -73,13 +73,32 @@ def _download(repo_id: str) -> Path:
 
 
 def random_model() -> ModelRef:
+    """The cached random 124M model, built the first time; a corrupt one is built again."""
     folder = cache_dir() / "models" / "random-gpt2-124m-seed0"
-    if not (folder / MARKER).is_file():
-        build_random_model(folder, seed=0)
+    if (folder / MARKER).is_file():
+        try:
+            return local_model(RANDOM, folder)
+        except BenchError as exc:
+            log.warning("the cached random model is corrupt (%s); building it again", exc)
+    build_random_model(folder, seed=0, replace=True)
     return local_model(RANDOM, folder)
 
 
-def build_random_model(out: Path, seed: int = 0, **overrides: Any) -> Path:
+def tiny_model() -> ModelRef:
+    """The cached trained tiny model, trained the first time; a corrupt one is trained again."""
+    from gpt2bench.models.tiny import tiny_model_dir
+
+    def say(msg: str) -> None:
+        print(f"make-tiny: {msg}", file=sys.stderr)
+
+    try:
+        return local_model(TINY, tiny_model_dir(log=say))
+    except BenchError as exc:
+        log.warning("the cached tiny model is corrupt (%s); training it again", exc)
+    return local_model(TINY, tiny_model_dir(rebuild=True, log=say))
+
+
+def build_random_model(out: Path, seed: int = 0, replace: bool = False, **overrides: Any) -> Path:
     """GPT-2 124M's config (or that config with `overrides`, e.g. a tiny test model) with seeded
     random weights, saved as a complete Hugging Face folder with the real tokenizer."""
     import torch
@@ -96,5 +115,5 @@ def build_random_model(out: Path, seed: int = 0, **overrides: Any) -> Path:
         marker = {"weights": "random", "seed": seed, "base_config": "gpt2 (124M)", "overrides": overrides}
         (tmp / MARKER).write_text(json.dumps(marker, indent=1))
 
-    publish_folder(out, build, finished=lambda folder: (folder / MARKER).is_file())
+    publish_folder(out, build, finished=lambda folder: (folder / MARKER).is_file(), replace=replace)
     return out

@@ -146,6 +146,26 @@ def _check(metrics: tuple[str, ...], threshold: float, quality_threshold: float,
         raise UsageError(f"alpha must be between 0 and 1, got {alpha}")
 
 
+def _models(doc: dict[str, Any]) -> dict[str, str]:
+    """weights hash -> the model's name, over a document's successful rows."""
+    return {str(r.get("model_hash")): str(r.get("model")) for r in doc["rows"] if r.get("status") == "ok"}
+
+
+def _check_one_model(baseline: dict[str, Any], new: dict[str, Any]) -> None:
+    """Two runs of different weights share no configuration: every row would read "missing" and
+    "new". Say what differs instead."""
+    old, now = _models(baseline), _models(new)
+    if old and now and not set(old) & set(now):
+
+        def named(models: dict[str, str]) -> str:
+            return ", ".join(f"{name} ({digest})" for digest, name in sorted(models.items()))
+
+        raise UsageError(
+            f"the runs measured different models: the baseline {named(old)}, the new run {named(now)}; "
+            "compare runs of one model"
+        )
+
+
 def compare(
     baseline: dict[str, Any],
     new: dict[str, Any],
@@ -156,6 +176,7 @@ def compare(
     normalize: str | None = None,
 ) -> list[Verdict]:
     _check(metrics, threshold, quality_threshold, alpha)
+    _check_one_model(baseline, new)
     base, cand = _samples(baseline), _samples(new)
     for table, which in ((base, "baseline"), (cand, "new run")):
         if normalize and not any(_is_reference(k, normalize) for k in table):

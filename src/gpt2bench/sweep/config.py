@@ -166,6 +166,8 @@ def _fail(src: str, node: _Node, message: str) -> UsageError:
 
 def _mapping(src: str, n: _Node, allowed: set[str]) -> dict[str, _Node]:
     if not isinstance(n.node, yaml.MappingNode):
+        if not n.path:  # the whole file
+            raise UsageError(f"{src}:{n.line}: the config must be a mapping of keys (model:, backends:, ...)")
         raise _fail(src, n, "expected a mapping")
     out: dict[str, _Node] = {}
     for key_node, value_node in n.node.value:
@@ -173,6 +175,9 @@ def _mapping(src: str, n: _Node, allowed: set[str]) -> dict[str, _Node]:
         child = _Node(value_node, f"{n.path}.{key}" if n.path else key)
         if key not in allowed:
             raise _fail(src, _Node(key_node, child.path), f"unknown key (valid: {', '.join(sorted(allowed))})")
+        if key in out:  # YAML itself keeps the last one silently
+            first = out[key].node.start_mark.line + 1
+            raise _fail(src, _Node(key_node, child.path), f"given twice (first on line {first})")
         out[key] = child
     return out
 
@@ -255,9 +260,11 @@ def _compose(path: Path) -> yaml.Node:
     """The config's YAML node tree (with line numbers), or a one-line error."""
     src = str(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read sweep config '{path}': {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{src}: not a text file (a sweep config is YAML)") from None
     try:
         root = yaml.compose(text)
     except yaml.YAMLError as exc:
