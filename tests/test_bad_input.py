@@ -3,6 +3,7 @@ thing, now a one-line error naming the problem (issue: every bad input a clear e
 
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +138,45 @@ def test_compare_says_the_models_differ_instead_of_missing_and_new():
     ):
         compare(_doc("aaaa", "random"), _doc("bbbb", "tiny"))
     assert compare(_doc("aaaa", "random"), _doc("aaaa", "/models/random"), metrics=("tpot_ms",)) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "-b", "hf-eager", "--prompt-len", "abc"], "error: Invalid value for '--prompt-len'"),
+        (["run", "--nope"], "error: No such option: --nope"),
+        (["run"], "error: Missing option '--backend' / '-b'; see 'gpt2bench run --help'"),
+        (["nosuchcmd"], "error: No such command 'nosuchcmd'; see 'gpt2bench --help'"),
+    ],
+)
+def test_a_bad_option_value_is_one_line_like_every_other_usage_error(args, message):
+    one_line_error(run_cli(*args), 2, message)  # not click's five-line box
+
+
+@pytest.mark.parametrize("target", ["file", "/dev/null"])
+def test_an_output_that_is_a_file_says_so(tmp_path, target):
+    path = tmp_path / "file" if target == "file" else Path(target)
+    if target == "file":
+        path.write_text("")
+    one_line_error(run_cli("run", "-b", "hf-eager", "--output", str(path)), 1, f"'{path}' is a file, not a folder")
+
+
+def test_a_cache_that_is_a_file_is_refused_before_any_work(tmp_path):
+    cache = tmp_path / "cache"
+    cache.write_text("")
+    proc = run_cli("run", "-b", "hf-eager", "--model", "tiny", "--output", str(tmp_path / "out"),
+                   env={"GPT2BENCH_CACHE": str(cache)})  # fmt: skip
+    one_line_error(proc, 1, "cannot use the cache folder")  # not minutes of training first
+    assert "GPT2BENCH_CACHE moves it" in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_run_that_fails_after_the_output_check_leaves_no_empty_folder(tmp_path):
+    out = tmp_path / "new" / "results"
+    proc = run_cli("run", "-b", "hf-eager", "--model", str(tmp_path / "no-model"), "--output", str(out))
+    one_line_error(proc, 1, "does not exist")
+    assert not (tmp_path / "new").exists()
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"output: {out}\nmodel: {tmp_path / 'no-model'}\nprompt_lens: [4]\ngen_lens: [3]\n"
+                     "backends: [{name: hf-eager}]\n")  # fmt: skip
+    one_line_error(run_cli("sweep", str(sweep)), 1, "does not exist")
+    assert not (tmp_path / "new").exists()

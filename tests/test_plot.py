@@ -206,3 +206,74 @@ def test_plot_does_not_import_torch(tmp_path):
         "assert 'torch' not in sys.modules, 'plot imported torch'\n"
     )
     run_python(code, str(tmp_path))
+
+
+def _only(doc, keep):
+    return {**doc, "rows": [r for r in doc["rows"] if keep(r)], "samples": [{} for r in doc["rows"] if keep(r)]}
+
+
+def test_a_panel_is_drawn_only_where_its_axis_has_two_values():
+    from gpt2bench.report.plot import fig_ttft_and_throughput, ok_rows
+
+    one_gen = _only(fixture_doc(), lambda r: r["gen_len"] == 10 and r["status"] == "ok")
+    fig = fig_ttft_and_throughput(one_gen, ok_rows(one_gen))
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_xlabel() for ax in visible] == ["prompt tokens"]  # no two dots on a 9.6-10.4 axis
+    one_cell = _only(fixture_doc(), lambda r: (r["prompt_len"], r["gen_len"]) == (50, 10) and r["status"] == "ok")
+    assert fig_ttft_and_throughput(one_cell, ok_rows(one_cell)) is None
+
+
+def test_summary_says_n_1_and_flags_cells_measured_under_contention():
+    from gpt2bench.report.plot import ok_rows
+    from gpt2bench.report.summary_md import summary_markdown
+
+    doc = fixture_doc()
+    for row in doc["rows"]:
+        row["repeats"] = 1 if row["label"] == "onnx" else 5
+        if row["label"] == "onnx-int8":
+            row["other_cpu_frac"] = 0.25
+    text = summary_markdown(doc, ok_rows(doc), [])
+    onnx = next(line for line in text.splitlines() if line.startswith("| onnx |"))
+    assert "(n = 1)" in onnx and "±" not in onnx
+    busy = [line for line in text.splitlines() if line.startswith("| onnx-int8 |") and "**busy**" in line]
+    assert len(busy) == 9 and "more than 10% of the CPU" in text
+    assert not any("**busy**" in line for line in text.splitlines() if line.startswith("| hf-eager |"))
+
+
+def test_a_plot_of_a_sweep_whose_every_cell_failed_says_so(tmp_path):
+    doc = fixture_doc()
+    doc["rows"] = [{**r, "status": "failed", "error": "boom"} for r in doc["rows"]]
+    (tmp_path / "results.json").write_text(json.dumps(doc))
+    proc = run_cli("plot", str(tmp_path))
+    assert proc.returncode == 1 and "every cell failed, so there is nothing to plot" in proc.stderr
+
+
+def test_run_summary_names_backend_figures_in_words():
+    from gpt2bench.report.summary import in_words
+
+    assert in_words("onnx-int8_cache_hit", 1.0) == "onnx-int8 artifact read from the cache"
+    assert in_words("onnx_cache_hit", 0.0) == "onnx artifact built now"
+    assert (
+        in_words("export_s", 12.5) == "export 12.50 s"
+        and in_words("cuda_max_allocated_mb", 812.0) == "cuda max allocated 812.00 MB"
+    )
+
+
+def test_a_results_file_with_wrong_typed_values_is_named_not_a_traceback(tmp_path):
+    doc = fixture_doc()
+    doc["rows"][3]["tpot_ms_median"] = "fast"
+    (tmp_path / "results.json").write_text(json.dumps(doc))
+    proc = run_cli("plot", str(tmp_path))
+    assert proc.returncode == 1 and "internal error" not in proc.stderr
+    assert "row 3 (hf-eager) has tpot_ms_median = 'fast', not a number" in proc.stderr
+
+
+def test_plot_out_that_is_a_file_and_compare_of_a_results_json_path(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps(fixture_doc()))
+    (tmp_path / "afile").write_text("")
+    proc = run_cli("plot", str(tmp_path), "--out", str(tmp_path / "afile"))
+    assert (
+        proc.returncode == 1 and "cannot write figures to" in proc.stderr and "is a file, not a folder" in proc.stderr
+    )
+    proc = run_cli("compare", str(tmp_path / "results.json"), str(tmp_path))  # the file stands for its folder
+    assert "does not exist" not in proc.stderr and "comparisons" in proc.stdout, proc.stderr

@@ -527,3 +527,58 @@ def test_interleaving_vllm_on_one_gpu_must_say_how_much_memory_it_may_take(tmp_p
     proc = run_cli("sweep", str(_write(tmp_path, base + "backends: [{name: vllm}]\n")), "--interleave")
     assert proc.returncode == 2 and "interleave on cuda keeps every backend loaded" in proc.stderr
     assert proc.stderr.strip().count("\n") == 0
+
+
+def test_a_cell_listed_twice_is_measured_once_with_a_note(tmp_path):
+    spec = load_sweep(_write(tmp_path, "output: x\nprompt_lens: [4, 4]\ngen_lens: [3]\nbackends: [{name: hf-eager}]\n"))
+    assert len(spec.cells) == 1
+    assert spec.notes == (
+        f"{tmp_path / 'sweep.yaml'}:2: prompt_lens lists 4 more than once; each cell is measured once",
+    )
+
+
+def test_resume_refuses_a_folder_measured_with_another_config_unless_forced(tmp_path):
+    from gpt2bench.sweep.driver import open_store
+
+    text = "output: {out}\nthreads: {threads}\nrepeats: 2\nprompt_lens: [4]\ngen_lens: [3]\n"
+    text += "backends: [{{name: hf-eager}}]\n"
+    out = tmp_path / "out"
+    first = load_sweep(_write(tmp_path, text.format(out=out, threads=2)))
+    store = open_store(first, False, {}, {"sweep_spec": first.record(2)})
+    store.add({"backend": "hf-eager", "status": "ok", "options": "{}"}, {})
+    again = open_store(first, True, {}, {"sweep_spec": first.record(2)})  # the same config: continued
+    assert len(again.rows) == 1
+    changed = load_sweep(_write(tmp_path, text.format(out=out, threads=1)))
+    with pytest.raises(UsageError, match=r"measured with another config \(threads 2 -> 1\).*--resume --force"):
+        open_store(changed, True, {}, {"sweep_spec": changed.record(1)})
+    assert len(open_store(changed, True, {}, {"sweep_spec": changed.record(1)}, force=True).rows) == 1
+
+
+def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_keeps_its_finished_cells(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    config = _write(
+        tmp_path,
+        f"output: {out}\nmodel: {tiny_model_dir}\nrepeats: 40\nwarmup: 0\nprompt_lens: [4, 8, 16]\n"
+        "gen_lens: [40]\nbackends: [{name: hf-eager}]\n",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpt2bench", "sweep", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "results.json").exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert (out / "results.json").exists(), "no cell finished in 120 s"
+        proc.send_signal(signal.SIGTERM)  # to the sweep alone, as `timeout` or `kill` sends it
+        _, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143 and "Traceback" not in err
+    assert "terminated (SIGTERM);" in err and "finished cell(s) are saved in" in err and "--resume" in err
+    rows = _rows(out)
+    assert 1 <= len(rows) < 3 and all(r["status"] == "ok" for r in rows)

@@ -38,6 +38,7 @@ OPSET = 17
 EXPORTER = "torchscript"  # torch.onnx.export(dynamo=False); see export_onnx for why not dynamo
 VARIANTS = ("onnx", "onnx-opt", "onnx-int8")
 PARENT = {"onnx-opt": "onnx", "onnx-int8": "onnx-opt"}
+BUILD_STEP = {"onnx": "ONNX export", "onnx-opt": "GPT-2 fusions", "onnx-int8": "int8 quantization"}
 
 
 def past_names(n_layer: int) -> list[str]:
@@ -304,6 +305,7 @@ def build(model: ModelRef, variant: str, options: dict[str, Any], rebuild: bool 
     if problem not in ("missing", "rebuild requested"):
         log.warning("cached %s artifact in %s is corrupt (%s); rebuilding it", variant, folder, problem)
     parent = build(model, PARENT[variant], options, rebuild) if variant in PARENT else None
+    log.info("building the %s artifact (%s; once, then cached)", variant, BUILD_STEP[variant])
     if parent:
         phases = {**parent.phases, **phases}
     built: dict[str, Any] = {}

@@ -152,6 +152,10 @@ class VLLMBackend(Backend):
         # vLLM compiles the model with torch.compile unless eager; its cache makes a later start warm.
         cache = Path(os.environ["VLLM_CACHE_ROOT"]) / "torch_compile_cache"
         self.compile_cache = "none" if eager else compile_cache_state(cache)
+        logging.getLogger("gpt2bench").info(
+            "starting vLLM's engine: model load, KV-cache allocation%s (20-60 s on a 2-core CPU)",
+            "" if eager else ", graph compilation",
+        )
         self.llm = start_engine(
             model=str(model.path),
             tokenizer=str(model.path),

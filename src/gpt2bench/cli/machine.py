@@ -19,11 +19,13 @@ def env(
     """Machine report (CPU, cores, memory, GPU, library versions) and its measured roofs."""
     if threads is not None and threads < 1:
         raise UsageError(f"threads must be at least 1, got {threads}")
+    from gpt2bench.core.paths import check_cache
     from gpt2bench.machine.roofs import machine_report
     from gpt2bench.machine.sysinfo import cpu_label
     from gpt2bench.measure.roofline import rate_unit
 
     threads = threads_or_default(threads)
+    check_cache()
     info, roofs = machine_report(threads, refresh)
     print(f"cpu          {cpu_label(info)}, torch kernels {info['torch']['cpu_capability']}")
     print(f"cores        {info['cpu_count_logical']} logical, {info['cpu_affinity']} available to this process")
@@ -67,6 +69,9 @@ def make_tiny(
 
     if steps is not None and steps < 1:
         raise UsageError(f"--steps must be at least 1, got {steps}")
+    from gpt2bench.core.paths import check_cache
+
+    check_cache()
     recipe = replace(TinyRecipe(), seed=seed, **({"steps": steps} if steps is not None else {}))
     folder = tiny_model_dir(recipe, rebuild=rebuild)
     print(f"tiny model: {folder}")

@@ -31,6 +31,31 @@ app.command("make-tiny")(machine.make_tiny)
 app.command("backends")(machine.list_backends)
 
 
+def is_usage_error(exc: Exception) -> bool:
+    """click's usage errors (bad value, unknown option, missing argument), from the click that
+    typer carries: recognised by their interface, since typer's copy of click is a private module."""
+    return callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int)
+
+
+def command_name(ctx: object) -> str:
+    """`gpt2bench run`, however the program was started (`python -m gpt2bench` names itself so)."""
+    names = []
+    while getattr(ctx, "parent", None) is not None:
+        names.append(ctx.info_name)  # type: ignore[attr-defined]
+        ctx = ctx.parent  # type: ignore[attr-defined]
+    return " ".join(["gpt2bench", *reversed(names)])
+
+
+def usage_error(exc: Exception) -> None:
+    """One line on stderr and click's exit code (2), like every other usage error."""
+    message = exc.format_message()  # type: ignore[attr-defined]
+    ctx = getattr(exc, "ctx", None)
+    if message:  # empty for "no arguments": the help was printed already
+        where = f"; see '{command_name(ctx)} --help'" if ctx is not None else ""
+        print(f"error: {message.rstrip('.')}{where}".replace("\n", " "), file=sys.stderr)
+    sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+
+
 def main() -> None:
     """Entry point: our errors become one line on stderr and an exit code, never a traceback."""
     handler = logging.StreamHandler(sys.stderr)
@@ -40,7 +65,12 @@ def main() -> None:
     logger.setLevel(logging.INFO)
     logger.propagate = False
     try:
-        app()
+        # Not standalone: click's usage errors come back here, to be one line like every other error
+        # (standalone, typer draws them as a box of five or six lines).
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -48,7 +78,11 @@ def main() -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # a bug: keep it to one line unless asked for the traceback
+        if is_usage_error(exc):
+            usage_error(exc)
         if os.environ.get("GPT2BENCH_DEBUG"):
             raise
         print(f"internal error: {type(exc).__name__}: {exc} (set GPT2BENCH_DEBUG=1 for the traceback)", file=sys.stderr)
         sys.exit(1)
+    if isinstance(code, int) and code:  # typer.Exit(1) (compare's regression verdict), --help's 0
+        sys.exit(code)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -31,6 +32,7 @@ def sweep(
     quality: Annotated[
         bool | None, typer.Option("--quality/--no-quality", help="Measure quality (overrides the config).")
     ] = None,
+    force: Annotated[bool, typer.Option(help="With --resume: continue a folder measured with another config.")] = False,
 ) -> None:
     """Run every backend of a sweep config over its cells, each backend in a fresh worker process."""
     from rich.console import Console
@@ -45,13 +47,13 @@ def sweep(
     if quality is not None:
         spec = dataclasses.replace(spec, quality=dataclasses.replace(spec.quality, enabled=quality))
     console = Console()
-    run = _start(spec, config, resume, console)
+    run = _start(spec, config, resume, console, force)
     if run is not None:
         _run_with_progress(run, console)
         _report(run, console)
 
 
-def _start(spec: SweepSpec, config: Path, resume: bool, console: Console) -> SweepRun | None:
+def _start(spec: SweepSpec, config: Path, resume: bool, console: Console, force: bool = False) -> SweepRun | None:
     """Check the output, resolve the model, open the store; None when nothing is left to do."""
     from gpt2bench.machine.sysinfo import environment
     from gpt2bench.measure.row import new_run_id
@@ -59,6 +61,8 @@ def _start(spec: SweepSpec, config: Path, resume: bool, console: Console) -> Swe
     from gpt2bench.measure.spec import default_threads, oversubscription
     from gpt2bench.sweep.driver import SweepRun, cells_to_run, open_store, resolve_model_once
 
+    for note in spec.notes:
+        print(f"note: {note}", file=sys.stderr)
     if problem := spec.interleave_problem():  # --interleave may have turned it on
         raise UsageError(f"{config}: {problem}")
     prepare_output(spec.output)
@@ -80,8 +84,9 @@ def _start(spec: SweepSpec, config: Path, resume: bool, console: Console) -> Swe
         "sweep_config_text": config.read_text(),
         "interleave": spec.interleave,
         "threads": threads,
+        "sweep_spec": spec.record(threads),
     }
-    store = open_store(spec, resume, environment(), meta)
+    store = open_store(spec, resume, environment(), meta, force)
     run = SweepRun(spec, model, store, store.meta.get("run_id", run_id), threads, lambda _label: None, warn_once)
     if cells_to_run(run) == 0:
         console.print(f"nothing to do: every cell of {config} is already in {spec.output}")
@@ -109,6 +114,14 @@ def _run_with_progress(run: SweepRun, console: Console) -> None:
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
+    terminated: list[int] = []
+
+    def on_sigterm(signum: int, _frame: object) -> None:
+        # `timeout`, a CI cancel, `kill`: stop as Ctrl-C stops, saving what finished.
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("sweep", total=cells_to_run(run))
         run.on_cell = lambda label: progress.update(task, advance=1, description=f"sweep ({label} done a cell)")
@@ -116,12 +129,15 @@ def _run_with_progress(run: SweepRun, console: Console) -> None:
             (run_interleaved if run.spec.interleave else run_sequential)(run)
         except KeyboardInterrupt:
             progress.stop()
+            how = "terminated (SIGTERM)" if terminated else "interrupted"
             print(
-                f"interrupted; {len(run.store.rows)} finished cell(s) are saved in {run.spec.output} "
+                f"{how}; {len(run.store.rows)} finished cell(s) are saved in {run.spec.output} "
                 "(the same command with --resume continues)",
                 file=sys.stderr,
             )
-            sys.exit(130)
+            sys.exit(128 + signal.SIGTERM if terminated else 130)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _report(run: SweepRun, console: Console) -> None:

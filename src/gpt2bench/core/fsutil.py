@@ -1,5 +1,6 @@
 """Atomic writes: a reader sees the old file (or folder) or the new one, never half of one."""
 
+import errno
 import os
 import shutil
 import tempfile
@@ -26,9 +27,15 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def check_writable(folder: Path) -> None:
-    """Create `folder` and prove a file can be written there, before any expensive work."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".probe-", dir=folder)
+    """Prove `folder` could be created and written, before any expensive work, without creating
+    it: a command that fails later must leave no empty folder behind. The probe file goes into the
+    nearest folder that exists (then is removed); a file where a folder should be is an error."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"'{probe}' is a file, not a folder")
+    fd, tmp = tempfile.mkstemp(prefix=".probe-", dir=probe)
     os.close(fd)
     os.unlink(tmp)
 

@@ -54,18 +54,35 @@ def _matmul_kernels(dtype: str, size: int) -> list[Callable[[], Any]]:
     return kernels
 
 
+# The whole measurement's time budget: every kernel gets one timed call at least, then repeats only
+# while time is left. On a loaded 2-core machine the unbounded measurement took ~6 minutes.
+BUDGET_S = 45.0
+_deadline: list[float] = []  # set by measure_roofs for the kernels below; empty: no budget
+
+
+def _time_left() -> bool:
+    return not _deadline or time.monotonic() < _deadline[0]
+
+
+def _best_of(call: Callable[[], Any], repeats: int) -> float:
+    """Seconds of the fastest of up to `repeats` calls (one at least, the rest within the budget)."""
+    best = float("inf")
+    for i in range(repeats):
+        if i and not _time_left():
+            break
+        t0 = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def _rate(mm: Callable[[], Any], size: int, repeats: int) -> float | None:
     """GFLOP/s of the best of `repeats` calls of a square `size` matmul; None where it cannot run."""
     try:
         mm()  # warm up the kernel library
     except RuntimeError:
         return None
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        mm()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * size**3 / best / 1e9
+    return 2 * size**3 / _best_of(mm, repeats) / 1e9
 
 
 def measure_peak_gflops(
@@ -99,12 +116,7 @@ def measure_read_bandwidth(threads: int, size_mb: int = 512, repeats: int = 7) -
     fp32 = torch.ones(n_bytes // 4, dtype=torch.float32)
     bf16 = torch.ones(n_bytes // 2, dtype=torch.bfloat16)
     kernels = (fp32.sum, fp32.amax, lambda: torch.dot(fp32, fp32), bf16.sum)
-    best = float("inf")
-    for kernel in kernels:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            kernel()
-            best = min(best, time.perf_counter() - t0)
+    best = min(_best_of(kernel, repeats) for kernel in kernels)
     return n_bytes / best / 1e9
 
 
@@ -137,6 +149,7 @@ def measure_roofs(threads: int) -> tuple[dict[str, Any], float]:
     """The machine's roofs measured here and now, and the share of the CPU other processes used meanwhile.
     `matmul_gflops` keeps every measured matmul rate, `peak_gflops` the ones that are roofs."""
     monitor = ContentionMonitor()
+    _deadline[:] = [time.monotonic() + BUDGET_S]
     matmul = measure_matmuls(threads)
     roofs = {
         "read_bandwidth_gbs": measure_read_bandwidth(threads),
@@ -175,17 +188,26 @@ def machine_roofs(
     # NFS) must not serve one machine's roofs to another. v5: the int8 roof includes fbgemm's linear.
     key = f"{cpu_fingerprint()}-threads{threads}_v5"
     if not refresh and key in cached:
-        return dict(cached[key])
+        return _say_if_contended(dict(cached[key]))
+    log.info("measuring this machine's read bandwidth and matmul rates at %d threads (once, cached; <= %.0f s)",
+             threads, BUDGET_S)  # fmt: skip
     roofs, busy = measure(threads)
     if busy > MAX_OTHER_CPU_FRAC:
+        # Cached all the same, flagged: measuring again on every run cost each run minutes.
+        roofs["contended"] = busy
+    cached[key] = roofs
+    atomic_write_text(path, json.dumps(cached, indent=1))
+    return _say_if_contended(roofs)
+
+
+def _say_if_contended(roofs: dict[str, Any]) -> dict[str, Any]:
+    """Roofs measured on a busy machine serve every run until `env --refresh`; each run says so."""
+    if roofs.get("contended"):
         log.warning(
-            "other processes used %.0f%% of the CPU while the machine's roofs were measured: "
-            "using them for this run only, not caching them",
-            busy * 100,
+            "this machine's roofs were measured while other processes used %.0f%% of the CPU: roofline "
+            "fractions may read high; `gpt2bench env --refresh` measures them again on an idle machine",
+            roofs["contended"] * 100,
         )
-    else:
-        cached[key] = roofs
-        atomic_write_text(path, json.dumps(cached, indent=1))
     return roofs
 
 

@@ -197,6 +197,8 @@ def _roofline(
         runs,
         info.kv_traffic(spec.dtype),
     )
+    if roofs.get("contended") and columns["bandwidth_source"] == "cached":
+        columns["bandwidth_source"] = "cached-contended"  # measured on a busy machine: see machine_roofs
     return {**columns, "compute_dtype": arithmetic}
 
 
@@ -222,10 +224,12 @@ def _quality(
 
 
 def prepare_output(output: Path) -> None:
-    """Fail before any expensive work if results could not be written."""
+    """Fail before any expensive work if results could not be written, or the cache not used."""
     from gpt2bench.core.errors import BenchError
+    from gpt2bench.core.paths import check_cache
 
     try:
         check_writable(output)
     except OSError as exc:
         raise BenchError(f"cannot write results to '{output}': {exc.strerror or exc}") from None
+    check_cache()

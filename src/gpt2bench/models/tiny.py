@@ -120,7 +120,9 @@ def _train_steps(model: Any, ids: Any, seen: Any, recipe: TinyRecipe, log: Any) 
         opt.step()
         losses.append(loss.item())
         if step % 50 == 0 or step == recipe.steps - 1:
-            log(f"step {step + 1}/{recipe.steps}  loss {loss.item():.3f}  {time.perf_counter() - t0:.0f} s")
+            spent = time.perf_counter() - t0
+            left = spent / (step + 1) * (recipe.steps - step - 1)
+            log(f"step {step + 1}/{recipe.steps}  loss {loss.item():.3f}  {spent:.0f} s, ~{left:.0f} s left")
     return losses
 
 

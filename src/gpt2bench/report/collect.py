@@ -18,7 +18,10 @@ HIDDEN = ("options", "threads", "sampling")
 
 
 def read_results(folder: Path, required: tuple[str, ...] = (), model: str | None = None) -> dict[str, Any]:
-    """`folder`'s results.json, or else every results.json one level below it, combined."""
+    """`folder`'s results.json, or else every results.json one level below it, combined. A path to
+    a results.json itself stands for its folder."""
+    if folder.name == JSON_NAME and folder.is_file():
+        folder = folder.parent
     if not folder.is_dir() or (folder / JSON_NAME).is_file():
         docs, name = [read_document(folder, required)], None
     else:

@@ -4,7 +4,6 @@ Error bars are 95% confidence intervals of the mean (Student t), as the results 
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,26 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from gpt2bench.core.errors import BenchError
+from gpt2bench.core.fsutil import check_writable
 from gpt2bench.machine.sysinfo import cpu_label
 from gpt2bench.report.collect import read_results
+from gpt2bench.report.rows import (
+    MAX_OTHER_CPU,
+    RANDOM_STAMP,
+    Row,
+    busy,
+    cell_rows,
+    check_numbers,
+    half_ci,
+    headline_cell,
+    labels,
+    ok_rows,
+    quality_rows,
+    run_warnings,
+)
+from gpt2bench.report.summary_md import summary_markdown
 
-Row = dict[str, Any]
 REQUIRED = (
     "label",
     "status",
@@ -30,47 +45,6 @@ REQUIRED = (
     "ttft_ms_median",
     "decode_tps_median",
 )
-HEADLINE = (50, 100, 1)
-RANDOM_STAMP = "RANDOM WEIGHTS: speed is real, quality numbers are meaningless"
-
-
-def ok_rows(doc: dict[str, Any]) -> list[Row]:
-    return [r for r in doc["rows"] if r.get("status") == "ok"]
-
-
-def run_warnings(doc: dict[str, Any]) -> dict[str, list[str]]:
-    """label -> the distinct warnings its backend printed at load (e.g. an arithmetic this CPU only
-    emulates), from the samples stored beside each successful row."""
-    samples = doc.get("samples") or []
-    found: dict[str, list[str]] = {}
-    for row, sample in zip(doc["rows"], samples, strict=False):
-        if row.get("status") != "ok":
-            continue
-        for message in (sample or {}).get("warnings") or []:
-            mine = found.setdefault(row["label"], [])
-            if message not in mine:
-                mine.append(message)
-    return found
-
-
-def labels(rows: list[Row]) -> list[str]:
-    return list(dict.fromkeys(r["label"] for r in rows))
-
-
-def headline_cell(rows: list[Row]) -> tuple[int, int, int]:
-    """(prompt, gen, batch): the cell the most backends share, 50/100/1 among equals (a folder of
-    runs may hold 50/100/1 for one backend and another cell for all of them)."""
-    cells = Counter((r["prompt_len"], r["gen_len"], r["batch_size"]) for r in rows)
-    return max(cells, key=lambda c: (cells[c], c == HEADLINE, c[1], c[0]))
-
-
-def _at(rows: list[Row], cell: tuple[int, int, int]) -> list[Row]:
-    return [r for r in rows if (r["prompt_len"], r["gen_len"], r["batch_size"]) == cell]
-
-
-def _half_ci(row: Row, metric: str) -> float:
-    high, mean = row.get(f"{metric}_ci95_high"), row.get(f"{metric}_mean")
-    return high - mean if high is not None and mean is not None else 0.0
 
 
 def _caption(fig: Figure, doc: dict[str, Any], rows: list[Row]) -> None:
@@ -86,6 +60,18 @@ def _caption(fig: Figure, doc: dict[str, Any], rows: list[Row]) -> None:
     )
     fig.text(0.01, 0.005, text, fontsize=7, color="0.35", ha="left", va="bottom")
     shown = {r["label"] for r in rows}
+    crowded = sorted({r["label"] for r in rows if busy(r)})
+    if crowded:
+        fig.text(
+            0.99,
+            0.06,
+            f"measured under CPU contention (> {MAX_OTHER_CPU:.0%} other processes): {', '.join(crowded)}",
+            fontsize=7,
+            color="darkorange",
+            ha="right",
+            va="bottom",
+            weight="bold",
+        )
     warned = sorted(label for label in run_warnings(doc) if label in shown)
     if warned:
         # The full text is in summary.md; a figure passed around alone must still carry the doubt.
@@ -121,27 +107,16 @@ def _log_if_wide(ax: Any, axis: str, values: list[float]) -> None:
 
 def fig_headline(doc: dict[str, Any], rows: list[Row]) -> Figure:
     cell = headline_cell(rows)
-    at = _at(rows, cell)
+    at = cell_rows(rows, cell)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     names = [r["label"] for r in at]
-    ax.bar(
-        names, [r["e2e_ms_mean"] for r in at], yerr=[_half_ci(r, "e2e_ms") for r in at], capsize=4, color="steelblue"
-    )
+    ax.bar(names, [r["e2e_ms_mean"] for r in at], yerr=[half_ci(r, "e2e_ms") for r in at], capsize=4, color="steelblue")
     ax.set_ylabel("end-to-end latency (ms), mean ± 95% CI")
     ax.set_title(f"End-to-end time per backend: prompt {cell[0]}, generate {cell[1]}, batch {cell[2]}")
     ax.tick_params(axis="x", rotation=20)
     _caption(fig, doc, rows)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
-
-
-def quality_rows(rows: list[Row]) -> list[Row]:
-    """One row per backend that has quality numbers (they do not depend on the cell)."""
-    seen: dict[str, Row] = {}
-    for r in rows:
-        if r.get("ppl") is not None and r["label"] not in seen:
-            seen[r["label"]] = r
-    return list(seen.values())
 
 
 def fig_perplexity(doc: dict[str, Any], rows: list[Row]) -> Figure | None:
@@ -184,11 +159,21 @@ def fig_time_vs_prompt(doc: dict[str, Any], rows: list[Row]) -> Figure:
     return fig
 
 
-def fig_ttft_and_throughput(doc: dict[str, Any], rows: list[Row]) -> Figure:
+def fig_ttft_and_throughput(doc: dict[str, Any], rows: list[Row]) -> Figure | None:
+    """TTFT against prompt length and decode rate against output length: each panel only where its
+    axis has two values at least (one output length drew two dots on a 9.6-10.4 axis)."""
     batch = headline_cell(rows)[2]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     gen_fixed = Counter(r["gen_len"] for r in rows if r["batch_size"] == batch).most_common(1)[0][0]
     prompt_fixed = Counter(r["prompt_len"] for r in rows if r["batch_size"] == batch).most_common(1)[0][0]
+    prompts = {r["prompt_len"] for r in rows if r["batch_size"] == batch and r["gen_len"] == gen_fixed}
+    gens = {r["gen_len"] for r in rows if r["batch_size"] == batch and r["prompt_len"] == prompt_fixed}
+    shown = [len(prompts) > 1, len(gens) > 1]
+    if not any(shown):
+        return None
+    fig, axes = plt.subplots(1, sum(shown), figsize=(5.5 * sum(shown) + 0.5, 4.2), squeeze=False)
+    panels = iter(axes[0])
+    left = next(panels) if shown[0] else fig.add_subplot(frame_on=False, visible=False)
+    right = next(panels) if shown[1] else fig.add_subplot(frame_on=False, visible=False)
     for name in labels(rows):
         mine = [r for r in rows if r["label"] == name and r["batch_size"] == batch]
         ttft = sorted((r["prompt_len"], r["ttft_ms_median"]) for r in mine if r["gen_len"] == gen_fixed)
@@ -213,7 +198,7 @@ def fig_ttft_and_throughput(doc: dict[str, Any], rows: list[Row]) -> Figure:
     )
     _log_if_wide(left, "x", [r["prompt_len"] for r in rows])
     _log_if_wide(right, "x", [r["gen_len"] for r in rows])
-    left.legend(fontsize=8)
+    (left if shown[0] else right).legend(fontsize=8)
     _caption(fig, doc, rows)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
@@ -231,7 +216,7 @@ def pareto_front(points: list[tuple[float, float, str]]) -> list[tuple[float, fl
 def fig_speed_quality(doc: dict[str, Any], rows: list[Row]) -> Figure | None:
     cell = headline_cell(rows)
     q = {r["label"]: r for r in quality_rows(rows)}
-    at = [r for r in _at(rows, cell) if r["label"] in q and r.get("tpot_ms_median") is not None]
+    at = [r for r in cell_rows(rows, cell) if r["label"] in q and r.get("tpot_ms_median") is not None]
     if not at:
         return None
     use_ppl = all(q[r["label"]].get("ppl") is not None for r in at)
@@ -256,102 +241,13 @@ def fig_speed_quality(doc: dict[str, Any], rows: list[Row]) -> Figure | None:
     return fig
 
 
-def _fmt(v: Any, digits: int = 1) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{v:,.{digits}f}" if isinstance(v, float) else str(v)
-
-
-def summary_markdown(doc: dict[str, Any], rows: list[Row], figures: list[str]) -> str:
-    cell = headline_cell(rows)
-    env = doc.get("environment", {})
-    lines = [f"# gpt2bench results: {doc.get('run_id', '')}", ""]
-    if any(r.get("weights") == "random" for r in rows):
-        lines += [f"> **{RANDOM_STAMP}.**", ""]
-    lines += [
-        f"Model `{rows[0].get('model')}` ({rows[0].get('weights')}, sha256 {rows[0].get('model_hash')}); "
-        f"{cpu_label(env)}; {rows[0].get('threads')} threads; gpt2bench "
-        f"{env.get('gpt2bench_version', '?')} at {(env.get('git') or {}).get('commit')}.",
-        "",
-    ]
-    if combined := doc.get("combined"):
-        lines += [
-            f"Combined from {combined['folders']} results folders (commits {', '.join(combined['commits'])}); "
-            f"{combined['superseded']} earlier measurement(s) of a configuration measured again were left out.",
-            "",
-        ]
-    warned = run_warnings(doc)
-    if warned:
-        lines += ["## Warnings", ""]
-        lines += [f"- **{label}**: {message}" for label, messages in warned.items() for message in messages]
-        lines.append("")
-    lines += _headline_table(rows, cell) + _cells_table(rows) + _failures(doc, rows)
-    lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
-    return "\n".join(lines) + "\n"
-
-
-def _headline_table(rows: list[Row], cell: tuple[int, int, int]) -> list[str]:
-    lines = [
-        f"## Headline cell: prompt {cell[0]}, generate {cell[1]}, batch {cell[2]}",
-        "",
-        "Medians over repetitions; e2e as mean ± half-width of the 95% CI (Student t).",
-        "",
-        "| backend | TTFT ms | TPOT ms | e2e ms | decode tok/s | peak RSS MB | perplexity | greedy agreement "
-        "| top-1 agreement |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    quality = {r["label"]: r for r in quality_rows(rows)}  # measured once per backend, maybe in another cell
-    for r in _at(rows, cell):
-        q = quality.get(r["label"], {})
-        lines.append(
-            f"| {r['label']} | {_fmt(r['ttft_ms_median'])} | {_fmt(r['tpot_ms_median'], 2)} | "
-            f"{_fmt(r['e2e_ms_mean'])} ± {_fmt(_half_ci(r, 'e2e_ms'))} | {_fmt(r['decode_tps_median'])} | "
-            f"{_fmt(r.get('peak_rss_mb'), 0)} | {_fmt(q.get('ppl'), 2)} | {_fmt(q.get('agree_greedy'), 3)} | "
-            f"{_fmt(q.get('agree_top1'), 3)} |"
-        )
-    return lines
-
-
-def _cells_table(rows: list[Row]) -> list[str]:
-    lines = [
-        "",
-        "## Every cell",
-        "",
-        "| backend | prompt | gen | batch | TTFT ms | TPOT ms | e2e ms (median) | other CPU |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        noise = r.get("other_cpu_frac")
-        lines.append(
-            f"| {r['label']} | {r['prompt_len']} | {r['gen_len']} | {r['batch_size']} | "
-            f"{_fmt(r['ttft_ms_median'])} | {_fmt(r['tpot_ms_median'], 2)} | {_fmt(r['e2e_ms_median'])} | "
-            f"{_fmt(noise * 100) + '%' if _fmt(noise) != '-' else '-'} |"
-        )
-    return lines
-
-
-def _failures(doc: dict[str, Any], rows: list[Row]) -> list[str]:
-    lines: list[str] = []
-    failed = [r for r in doc["rows"] if r.get("status") != "ok"]
-    if failed:
-        lines += ["", "## Failed cells", ""]
-        lines += [
-            f"- {r['label']} prompt {r['prompt_len']} gen {r['gen_len']} batch {r['batch_size']}: {r.get('error')}"
-            for r in failed
-        ]
-    no_quality = [r for r in rows if r.get("quality_error")]
-    if no_quality:
-        lines += ["", "## Quality that failed (the speed figures stand)", ""]
-        lines += [f"- {r['label']}: {r['quality_error']}" for r in no_quality]
-    return lines
-
-
 def build_figures(doc: dict[str, Any]) -> dict[str, Figure]:
     rows = ok_rows(doc)
     if not rows:
-        from gpt2bench.core.errors import BenchError
-
-        raise BenchError("no successful rows to plot (every cell failed)")
+        raise BenchError(
+            "every cell failed, so there is nothing to plot: each failed row's error is in results.json "
+            "(status 'failed', error)"
+        )
     candidates = {
         "e2e_headline.png": fig_headline(doc, rows),
         "perplexity.png": fig_perplexity(doc, rows),
@@ -364,9 +260,14 @@ def build_figures(doc: dict[str, Any]) -> dict[str, Figure]:
 
 def plot(folder: Path, out: Path | None = None, model: str | None = None) -> list[Path]:
     doc = read_results(folder, REQUIRED, model)
+    check_numbers(ok_rows(doc), str(folder))
     out = out or folder
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        check_writable(out)
+    except OSError as exc:
+        raise BenchError(f"cannot write figures to '{out}': {exc.strerror or exc}") from None
     figures = build_figures(doc)
+    out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, fig in figures.items():
         fig.savefig(out / name, dpi=110)

@@ -37,6 +37,16 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.{digits}f}"
 
 
+def in_words(key: str, value: Any) -> str:
+    """A backend's own figure (`onnx-int8_cache_hit`, `export_s`, `cuda_max_allocated_mb`) as words."""
+    if key.endswith("_cache_hit"):
+        return f"{key.removesuffix('_cache_hit')} artifact {'read from the cache' if value else 'built now'}"
+    for suffix, unit in (("_s", "s"), ("_mb", "MB")):
+        if key.endswith(suffix):
+            return f"{key.removesuffix(suffix).replace('_', ' ')} {_fmt(value)} {unit}"
+    return f"{key.replace('_', ' ')} {_fmt(value)}"
+
+
 def contention_fact(row: dict[str, Any]) -> str:
     other, share = row.get("other_cpu_s"), row.get("other_cpu_frac")
     if _fmt(other) == "-":
@@ -134,7 +144,7 @@ def _print_facts(console: Console, row: dict[str, Any], details: dict[str, Any])
         contention_fact(row),
     ]
     extra = {k: v for k, v in row.items() if k not in COLUMNS}  # backend phases, device memory
-    facts += [f"{k} {_fmt(v)}" for k, v in extra.items()]
+    facts += [in_words(k, v) for k, v in extra.items()]
     line = roofline_line(row)
     if line:
         facts.append(line)

@@ -22,7 +22,7 @@ backends:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,16 @@ from gpt2bench.core.errors import UsageError
 from gpt2bench.core.paths import DEFAULT_TEXT
 from gpt2bench.measure.row import label
 from gpt2bench.measure.spec import DEVICES, QualitySettings, RunSpec
+from gpt2bench.sweep.yaml_nodes import (
+    _fail,
+    _int_list,
+    _mapping,
+    _Node,
+    _positive_int,
+    _positive_seconds,
+    _repeats,
+    _scalar,
+)
 
 TOP_KEYS = {
     "model",
@@ -103,6 +113,7 @@ class SweepSpec:
     cell_timeout_s: float = 1800.0
     quality: QualityConfig = field(default_factory=QualityConfig)
     source: str = ""
+    notes: tuple[str, ...] = ()  # what the config said that was read differently (a cell listed twice)
 
     def interleave_problem(self) -> str | None:
         """Why this sweep cannot interleave, or None. Interleaved, every backend's worker stays
@@ -117,6 +128,21 @@ class SweepSpec:
                     "options: {gpu_memory_utilization: 0.3} (or kv_cache_gb) so the others fit beside it"
                 )
         return None
+
+    def record(self, threads: int) -> dict[str, Any]:
+        """What a results folder of this sweep was measured with, to check a --resume against."""
+        return {
+            "model": self.model,
+            "device": self.device,
+            "threads": threads,
+            "repeats": self.repeats,
+            "warmup": self.warmup,
+            "interleave": self.interleave,
+            "probe_bandwidth": self.probe_bandwidth,
+            "cells": [[c.prompt_len, c.gen_len, c.batch_size] for c in self.cells],
+            "backends": [[b.display(), b.name, b.dtype, b.options] for b in self.backends],
+            "quality": list(astuple(self.quality)),
+        }
 
     def quality_settings(self) -> QualitySettings:
         return self.quality.settings()
@@ -149,78 +175,6 @@ class SweepSpec:
         )
 
 
-class _Node:
-    """A YAML value with the line it came from (1-based), so errors can point at it."""
-
-    def __init__(self, node: yaml.Node, path: str) -> None:
-        self.node, self.path = node, path
-
-    @property
-    def line(self) -> int:
-        return self.node.start_mark.line + 1
-
-
-def _fail(src: str, node: _Node, message: str) -> UsageError:
-    return UsageError(f"{src}:{node.line}: {node.path}: {message}")
-
-
-def _mapping(src: str, n: _Node, allowed: set[str]) -> dict[str, _Node]:
-    if not isinstance(n.node, yaml.MappingNode):
-        if not n.path:  # the whole file
-            raise UsageError(f"{src}:{n.line}: the config must be a mapping of keys (model:, backends:, ...)")
-        raise _fail(src, n, "expected a mapping")
-    out: dict[str, _Node] = {}
-    for key_node, value_node in n.node.value:
-        key = key_node.value
-        child = _Node(value_node, f"{n.path}.{key}" if n.path else key)
-        if key not in allowed:
-            raise _fail(src, _Node(key_node, child.path), f"unknown key (valid: {', '.join(sorted(allowed))})")
-        if key in out:  # YAML itself keeps the last one silently
-            first = out[key].node.start_mark.line + 1
-            raise _fail(src, _Node(key_node, child.path), f"given twice (first on line {first})")
-        out[key] = child
-    return out
-
-
-KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-
-
-def _scalar(src: str, n: _Node, kind: type, nullable: bool = False) -> Any:
-    expected = KIND_NAMES.get(kind, f"a {kind.__name__}")
-    if not isinstance(n.node, yaml.ScalarNode):
-        raise _fail(src, n, f"expected {expected}")
-    value = yaml.safe_load(yaml.serialize(n.node))
-    if value is None and nullable:
-        return None
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise _fail(src, n, f"expected {expected}, got {value!r}")
-    return value
-
-
-def _positive_int(src: str, n: _Node, minimum: int = 1) -> int:
-    value = _scalar(src, n, int)
-    if value < minimum:
-        raise _fail(src, n, f"must be at least {minimum}, got {value}")
-    return value
-
-
-def _positive_seconds(src: str, n: _Node) -> float:
-    value = _scalar(src, n, float)
-    if not value > 0:
-        raise _fail(src, n, f"must be more than 0 seconds, got {value:g}")
-    return value
-
-
-def _int_list(src: str, n: _Node) -> list[int]:
-    if not isinstance(n.node, yaml.SequenceNode):
-        raise _fail(src, n, "expected a list of integers")
-    if not n.node.value:
-        raise _fail(src, n, "must not be empty")
-    return [_positive_int(src, _Node(item, f"{n.path}[{i}]")) for i, item in enumerate(n.node.value)]
-
-
 def load_sweep(path: Path) -> SweepSpec:
     src = str(path)
     root = _compose(path)
@@ -235,7 +189,7 @@ def load_sweep(path: Path) -> SweepSpec:
     probe_bandwidth = _scalar(src, get("probe_bandwidth"), bool) if "probe_bandwidth" in top else False
     if probe_bandwidth and device != "cpu":
         raise _fail(src, get("probe_bandwidth"), "probes the CPU's memory; it is for device: cpu")
-    cells = _cells(src, top)
+    cells, notes = _cells(src, top)
     spec = SweepSpec(
         backends=_backends(src, top["backends"], device, cells[0]),
         cells=cells,
@@ -250,6 +204,7 @@ def load_sweep(path: Path) -> SweepSpec:
         cell_timeout_s=_positive_seconds(src, get("cell_timeout_s")) if "cell_timeout_s" in top else 1800.0,
         quality=_quality(src, top["quality"]) if "quality" in top else QualityConfig(),
         source=src,
+        notes=tuple(notes),
     )
     if problem := spec.interleave_problem():
         raise _fail(src, top["backends"], problem)
@@ -276,11 +231,13 @@ def _compose(path: Path) -> yaml.Node:
     return root
 
 
-def _cells(src: str, top: dict[str, _Node]) -> list[Cell]:
-    """The grid of prompt x gen x batch, then the extra cells not already in it."""
+def _cells(src: str, top: dict[str, _Node]) -> tuple[list[Cell], list[str]]:
+    """The grid of prompt x gen x batch, then the extra cells not already in it; and notes for
+    the cells given twice."""
+    notes = _repeats(src, top)
     prompt_lens, gen_lens = _int_list(src, top["prompt_lens"]), _int_list(src, top["gen_lens"])
     batch_sizes = _int_list(src, top["batch_sizes"]) if "batch_sizes" in top else [1]
-    cells = [Cell(p, g, b) for p in prompt_lens for g in gen_lens for b in batch_sizes]
+    cells = list(dict.fromkeys(Cell(p, g, b) for p in prompt_lens for g in gen_lens for b in batch_sizes))
     for p, g in ((p, g) for p in prompt_lens for g in gen_lens):
         if p + g > MAX_CONTEXT:
             raise _fail(
@@ -299,7 +256,11 @@ def _cells(src: str, top: dict[str, _Node]) -> list[Cell]:
                 raise _fail(src, _Node(item, f"extra_cells[{i}]"), f"exceeds the {MAX_CONTEXT}-token context")
             if cell not in cells:
                 cells.append(cell)
-    return cells
+            else:
+                notes.append(
+                    f"{src}:{item.start_mark.line + 1}: extra_cells[{i}] is already in the grid; measured once"
+                )
+    return cells, notes
 
 
 def _backends(src: str, backends_node: _Node, device: str, first: Cell) -> list[BackendConfig]:

@@ -223,12 +223,27 @@ def _interleave_cell(
             run.on_cell(name)
 
 
-def open_store(spec: SweepSpec, resume: bool, environment: dict[str, Any], meta: dict[str, Any]) -> ResultsStore:
+def open_store(
+    spec: SweepSpec, resume: bool, environment: dict[str, Any], meta: dict[str, Any], force: bool = False
+) -> ResultsStore:
+    """A new store for the sweep, or with --resume the one in its output folder, if that was
+    measured with the same config (with --force, whatever it was measured with)."""
     existing = ResultsStore.load(spec.output)
     if existing is not None and not resume:
         raise UsageError(
             f"'{spec.output}' already holds results; pass --resume to continue it, or choose another output folder"
         )
-    if existing is not None:
-        return existing
-    return ResultsStore(spec.output, environment, meta)
+    if existing is None:
+        return ResultsStore(spec.output, environment, meta)
+    before = existing.meta.get("sweep_spec")
+    changed = [k for k, v in meta["sweep_spec"].items() if before is not None and before.get(k) != v]
+    if changed and not force:
+        detail = ", ".join(
+            f"{k} {before.get(k)} -> {meta['sweep_spec'][k]}" if k not in ("cells", "backends", "quality") else k
+            for k in changed
+        )
+        raise UsageError(
+            f"'{spec.output}' holds a sweep measured with another config ({detail}): its rows and the new ones "
+            "would not be one study; use another output folder, or --resume --force to continue it anyway"
+        )
+    return existing
