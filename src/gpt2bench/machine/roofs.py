@@ -150,12 +150,15 @@ def measure_roofs(threads: int) -> tuple[dict[str, Any], float]:
     `matmul_gflops` keeps every measured matmul rate, `peak_gflops` the ones that are roofs."""
     monitor = ContentionMonitor()
     _deadline[:] = [time.monotonic() + BUDGET_S]
-    matmul = measure_matmuls(threads)
-    roofs = {
-        "read_bandwidth_gbs": measure_read_bandwidth(threads),
-        "peak_gflops": native_roofs(matmul),
-        "matmul_gflops": matmul,
-    }
+    try:
+        matmul = measure_matmuls(threads)
+        roofs = {
+            "read_bandwidth_gbs": measure_read_bandwidth(threads),
+            "peak_gflops": native_roofs(matmul),
+            "matmul_gflops": matmul,
+        }
+    finally:
+        _deadline.clear()  # the budget is this measurement's, not every later probe's in the process
     return roofs, monitor.stop().other_cpu_frac
 
 

@@ -92,9 +92,11 @@ def measure_processes(
     runs: list[ColdStart] = []
     try:
         for _ in range(repeats):
+            if not cold_cache:
+                runs.append(measure(child))
+                continue
             with tempfile.TemporaryDirectory(prefix="gpt2bench-cold-") as tmp:
-                env = cold_cache_env(Path(tmp)) if cold_cache else None
-                runs.append(measure(child, env))
+                runs.append(measure(child, cold_cache_env(Path(tmp))))
     except (BenchError, KeyboardInterrupt) as exc:
         if not runs:
             raise

@@ -167,10 +167,10 @@ def measure(
             bandwidth.append(probe())
         # Other processes' CPU is counted over the timed generations only: the bandwidth probe
         # runs in a helper process between them, and is not noise.
-        monitor = ContentionMonitor()
-        with no_garbage_collection():
+        with no_garbage_collection():  # its collection before the run is outside the monitored window
+            monitor = ContentionMonitor()
             generations.append(timed_generation(backend, prompts.input_ids, gen_len, sampling))
-        contentions.append(monitor.stop())
+            contentions.append(monitor.stop())
         if on_step:
             on_step("measure", i + 1, repeats)
     if probe:

@@ -163,42 +163,33 @@ def fig_ttft_and_throughput(doc: dict[str, Any], rows: list[Row]) -> Figure | No
     """TTFT against prompt length and decode rate against output length: each panel only where its
     axis has two values at least (one output length drew two dots on a 9.6-10.4 axis)."""
     batch = headline_cell(rows)[2]
-    gen_fixed = Counter(r["gen_len"] for r in rows if r["batch_size"] == batch).most_common(1)[0][0]
-    prompt_fixed = Counter(r["prompt_len"] for r in rows if r["batch_size"] == batch).most_common(1)[0][0]
-    prompts = {r["prompt_len"] for r in rows if r["batch_size"] == batch and r["gen_len"] == gen_fixed}
-    gens = {r["gen_len"] for r in rows if r["batch_size"] == batch and r["prompt_len"] == prompt_fixed}
-    shown = [len(prompts) > 1, len(gens) > 1]
-    if not any(shown):
+    mine = [r for r in rows if r["batch_size"] == batch]
+    gen_fixed = Counter(r["gen_len"] for r in mine).most_common(1)[0][0]
+    prompt_fixed = Counter(r["prompt_len"] for r in mine).most_common(1)[0][0]
+    panels = [
+        (
+            [r for r in mine if r["gen_len"] == gen_fixed],
+            ("prompt_len", "ttft_ms_median"),
+            (f"TTFT against prompt length (generate {gen_fixed})", "prompt tokens", "time to first token (ms, median)"),
+        ),
+        (
+            [r for r in mine if r["prompt_len"] == prompt_fixed and r["decode_tps_median"] is not None],
+            ("gen_len", "decode_tps_median"),
+            (f"Decode throughput against output length (prompt {prompt_fixed})", "generated tokens",
+             "decode tokens/s (median)"),
+        ),
+    ]  # fmt: skip
+    panels = [p for p in panels if len({r[p[1][0]] for r in p[0]}) > 1]
+    if not panels:
         return None
-    fig, axes = plt.subplots(1, sum(shown), figsize=(5.5 * sum(shown) + 0.5, 4.2), squeeze=False)
-    panels = iter(axes[0])
-    left = next(panels) if shown[0] else fig.add_subplot(frame_on=False, visible=False)
-    right = next(panels) if shown[1] else fig.add_subplot(frame_on=False, visible=False)
-    for name in labels(rows):
-        mine = [r for r in rows if r["label"] == name and r["batch_size"] == batch]
-        ttft = sorted((r["prompt_len"], r["ttft_ms_median"]) for r in mine if r["gen_len"] == gen_fixed)
-        tput = sorted(
-            (r["gen_len"], r["decode_tps_median"])
-            for r in mine
-            if r["prompt_len"] == prompt_fixed and r["decode_tps_median"] is not None
-        )
-        if ttft:
-            left.plot(*zip(*ttft, strict=True), marker="o", label=name)
-        if tput:
-            right.plot(*zip(*tput, strict=True), marker="o", label=name)
-    left.set(
-        title=f"TTFT against prompt length (generate {gen_fixed})",
-        xlabel="prompt tokens",
-        ylabel="time to first token (ms, median)",
-    )
-    right.set(
-        title=f"Decode throughput against output length (prompt {prompt_fixed})",
-        xlabel="generated tokens",
-        ylabel="decode tokens/s (median)",
-    )
-    _log_if_wide(left, "x", [r["prompt_len"] for r in rows])
-    _log_if_wide(right, "x", [r["gen_len"] for r in rows])
-    (left if shown[0] else right).legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 0.5, 4.2), squeeze=False)
+    for ax, (selected, (x, y), (title, xlabel, ylabel)) in zip(axes[0], panels, strict=True):
+        for name in labels(selected):
+            ax.plot(*zip(*sorted((r[x], r[y]) for r in selected if r["label"] == name), strict=True), marker="o",
+                    label=name)  # fmt: skip
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        _log_if_wide(ax, "x", [r[x] for r in rows])
+    axes[0][0].legend(fontsize=8)
     _caption(fig, doc, rows)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
