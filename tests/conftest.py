@@ -64,7 +64,7 @@ def trained_model():
     # token repeated (distinct tokens per prompt [1, 7, 3]; seeds 1-5 and 7 also left a prompt at 2-3).
     # Seed 6 gave [13, 6, 8] there, the widest margin of the eight seeds tried.
     recipe = TinyRecipe(n_layer=2, n_positions=128, seq_len=128, batch_size=4, steps=500, lr=0.005, seed=6)
-    folder = tiny_model_dir(recipe, log=lambda _msg: None)
+    folder = tiny_model_dir(recipe)
     return resolve_model(str(folder))
 
 

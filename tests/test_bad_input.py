@@ -180,3 +180,18 @@ def test_a_run_that_fails_after_the_output_check_leaves_no_empty_folder(tmp_path
                      "backends: [{name: hf-eager}]\n")  # fmt: skip
     one_line_error(run_cli("sweep", str(sweep)), 1, "does not exist")
     assert not (tmp_path / "new").exists()
+
+
+def test_a_corrupt_cached_tiny_model_is_trained_again(tmp_path, monkeypatch, caplog):
+    from gpt2bench.models import tiny
+
+    monkeypatch.setenv("GPT2BENCH_CACHE", str(tmp_path))
+    quick = tiny.TinyRecipe(n_layer=1, n_positions=64, seq_len=64, steps=3)  # the real training, short
+    monkeypatch.setattr(tiny.tiny_model_dir, "__defaults__", (quick, False))
+    folder = resolve_model("tiny").path
+    weights = folder / "model.safetensors"
+    size = weights.stat().st_size
+    weights.write_bytes(b"")  # an interrupted copy, a full disk
+    ref = resolve_model("tiny")
+    assert "the cached tiny model is corrupt" in caplog.text and "training it again" in caplog.text
+    assert ref.path == folder and weights.stat().st_size == size

@@ -10,8 +10,8 @@ RECIPE = TinyRecipe(n_layer=1, n_head=2, n_embd=32, n_positions=32, seq_len=32, 
 def test_unseen_ids_score_like_the_rarest_seen_ones_and_training_is_deterministic(tmp_path):
     from safetensors.torch import load_file
 
-    train(RECIPE, tmp_path / "a", log=lambda _msg: None)
-    train(RECIPE, tmp_path / "b", log=lambda _msg: None)
+    train(RECIPE, tmp_path / "a")
+    train(RECIPE, tmp_path / "b")
     assert weights_hash(tmp_path / "a") == weights_hash(tmp_path / "b")
 
     wte = load_file(tmp_path / "a" / "model.safetensors")["transformer.wte.weight"]

@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from gpt2bench.core import progress
 from gpt2bench.core.errors import BenchError
 from gpt2bench.core.fsutil import atomic_write_text, publish_folder
 from gpt2bench.core.paths import cache_dir
@@ -305,7 +306,6 @@ def build(model: ModelRef, variant: str, options: dict[str, Any], rebuild: bool 
     if problem not in ("missing", "rebuild requested"):
         log.warning("cached %s artifact in %s is corrupt (%s); rebuilding it", variant, folder, problem)
     parent = build(model, PARENT[variant], options, rebuild) if variant in PARENT else None
-    log.info("building the %s artifact (%s; once, then cached)", variant, BUILD_STEP[variant])
     if parent:
         phases = {**parent.phases, **phases}
     built: dict[str, Any] = {}
@@ -313,11 +313,12 @@ def build(model: ModelRef, variant: str, options: dict[str, Any], rebuild: bool 
     def write(tmp: Path) -> None:
         target = tmp / "model.onnx"
         t0 = time.perf_counter()
-        with _quiet_builders():
-            info, phase = _build_variant(model, variant, options, parent, target)
-        phases[phase] = time.perf_counter() - t0
+        what = f"building the {variant} artifact ({BUILD_STEP[variant]}; once, cached)"
+        with _quiet_builders(), progress.phase(what):
+            info, step = _build_variant(model, variant, options, parent, target)
+        phases[step] = time.perf_counter() - t0
         phases[f"{variant}_cache_hit"] = 0.0
-        built["manifest"] = _manifest(key, fields, target, phases[phase], info)
+        built["manifest"] = _manifest(key, fields, target, phases[step], info)
         atomic_write_text(tmp / "manifest.json", json.dumps(built["manifest"], indent=1))
 
     ours = publish_folder(folder, write, finished=lambda f: verify(f)[0] is not None, replace=rebuild)

@@ -28,6 +28,7 @@ from gpt2bench.backends.torch_common import (
     torch_device,
     torch_dtype,
 )
+from gpt2bench.core import progress
 from gpt2bench.core.errors import UsageError
 
 if TYPE_CHECKING:
@@ -213,8 +214,10 @@ class _StaticKV(TorchDevice, Backend):
         dummy = np.zeros((batch_size, prompt_len), dtype=np.int64)
         # A short generation on the cell's cache, not `generate`: that would size the cache (and
         # compile) for the short generation, leaving the cell's compile to its first timed call.
-        for _ in self._generate(dummy, min(max_new_tokens, 3), sampling):
-            pass
+        what = f"compiling (mode {self.mode}) for" if self.mode is not None else "a first generation at"
+        with progress.phase(f"static-kv: {what} batch {batch_size}, cache {self.shape[1]}"):
+            for _ in self._generate(dummy, min(max_new_tokens, 3), sampling):
+                pass
         return {}
 
     def _params(self, sampling: Sampling) -> tuple[float, int, float]:

@@ -33,6 +33,7 @@ import numpy as np
 
 from gpt2bench.backends.base import Backend, BackendSettings, register
 from gpt2bench.backends.torch_common import compile_cache_state, emulation_warnings, torch_dtype
+from gpt2bench.core import progress
 from gpt2bench.core.errors import BenchError, UsageError
 from gpt2bench.core.paths import cache_dir
 
@@ -152,27 +153,25 @@ class VLLMBackend(Backend):
         # vLLM compiles the model with torch.compile unless eager; its cache makes a later start warm.
         cache = Path(os.environ["VLLM_CACHE_ROOT"]) / "torch_compile_cache"
         self.compile_cache = "none" if eager else compile_cache_state(cache)
-        logging.getLogger("gpt2bench").info(
-            "starting vLLM's engine: model load, KV-cache allocation%s (20-60 s on a 2-core CPU)",
-            "" if eager else ", graph compilation",
-        )
-        self.llm = start_engine(
-            model=str(model.path),
-            tokenizer=str(model.path),
-            dtype=VLLM_DTYPES[settings.dtype],
-            seed=0,
-            max_model_len=self.n_positions,
-            max_num_seqs=int(settings.options.get("max_num_seqs", 64)),
-            **memory_args(settings),
-            enable_prefix_caching=False,
-            distributed_executor_backend="uni",
-            enforce_eager=bool(settings.options.get("enforce_eager", False)),
-            # No Prometheus histograms or scheduler stats inside every timed step (vLLM's own LLM
-            # defaults to this; it had been turned on here).
-            disable_log_stats=True,
-            max_logprobs=-1,
-            use_tqdm_on_load=False,
-        )
+        what = "model load, KV-cache allocation" + ("" if eager else ", graph compilation")
+        with progress.phase(f"starting vLLM's engine ({what}; 20-60 s on a 2-core CPU)"):
+            self.llm = start_engine(
+                model=str(model.path),
+                tokenizer=str(model.path),
+                dtype=VLLM_DTYPES[settings.dtype],
+                seed=0,
+                max_model_len=self.n_positions,
+                max_num_seqs=int(settings.options.get("max_num_seqs", 64)),
+                **memory_args(settings),
+                enable_prefix_caching=False,
+                distributed_executor_backend="uni",
+                enforce_eager=eager,
+                # No Prometheus histograms or scheduler stats inside every timed step (vLLM's own
+                # LLM defaults to this; it had been turned on here).
+                disable_log_stats=True,
+                max_logprobs=-1,
+                use_tqdm_on_load=False,
+            )
         self.engine = self.llm.llm_engine
         import torch
 

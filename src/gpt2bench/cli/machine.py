@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from gpt2bench.cli.options import threads_or_default, warn
+from gpt2bench.cli.progress import phases_shown
 from gpt2bench.core.errors import UsageError
 
 
@@ -19,6 +20,8 @@ def env(
     """Machine report (CPU, cores, memory, GPU, library versions) and its measured roofs."""
     if threads is not None and threads < 1:
         raise UsageError(f"threads must be at least 1, got {threads}")
+    from rich.console import Console
+
     from gpt2bench.core.paths import check_cache
     from gpt2bench.machine.roofs import machine_report
     from gpt2bench.machine.sysinfo import cpu_label
@@ -26,7 +29,8 @@ def env(
 
     threads = threads_or_default(threads)
     check_cache()
-    info, roofs = machine_report(threads, refresh)
+    with phases_shown(Console(stderr=True)):
+        info, roofs = machine_report(threads, refresh)
     print(f"cpu          {cpu_label(info)}, torch kernels {info['torch']['cpu_capability']}")
     print(f"cores        {info['cpu_count_logical']} logical, {info['cpu_affinity']} available to this process")
     print(f"memory       {info['memory_total_gb']:.1f} GiB")
@@ -65,6 +69,8 @@ def make_tiny(
     """Train (once, cached) the small GPT-2 that `--model tiny` uses for meaningful quality numbers."""
     from dataclasses import replace
 
+    from rich.console import Console
+
     from gpt2bench.models.tiny import TinyRecipe, tiny_model_dir
 
     if steps is not None and steps < 1:
@@ -73,7 +79,8 @@ def make_tiny(
 
     check_cache()
     recipe = replace(TinyRecipe(), seed=seed, **({"steps": steps} if steps is not None else {}))
-    folder = tiny_model_dir(recipe, rebuild=rebuild)
+    with phases_shown(Console(stderr=True)):
+        folder = tiny_model_dir(recipe, rebuild=rebuild)
     print(f"tiny model: {folder}")
 
 

@@ -12,6 +12,7 @@ import typer
 
 from gpt2bench.cli import machine, report, run, sweep
 from gpt2bench.core.errors import BenchError
+from gpt2bench.core.progress import quiet_libraries
 
 app = typer.Typer(
     name="gpt2bench",
@@ -64,6 +65,7 @@ def main() -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    quiet_libraries()
     try:
         # Not standalone: click's usage errors come back here, to be one line like every other error
         # (standalone, typer draws them as a box of five or six lines).

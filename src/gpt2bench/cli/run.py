@@ -122,20 +122,14 @@ def _measure_and_report(spec: RunSpec, output: Path) -> None:
 
 
 def _measure_with_progress(console: Console, spec: RunSpec, run_id: str) -> CellResult:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress
 
+    from gpt2bench.cli.progress import columns, phases_on
     from gpt2bench.measure.runner import run_cell
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        auto_refresh=False,  # no refresh thread competing with the timed repetitions in this process
-    ) as progress:
-        task = progress.add_task(f"{spec.backend}: loading", total=spec.warmup + spec.repeats)
+    # auto_refresh off: no refresh thread competing with the timed repetitions in this process.
+    with Progress(*columns(), console=console, transient=True, auto_refresh=False) as progress, phases_on(progress):
+        task = progress.add_task(f"{spec.backend}: loading", total=spec.warmup + spec.repeats, detail="")
         progress.refresh()
 
         def on_step(phase: str, _i: int, _n: int) -> None:

@@ -37,6 +37,7 @@ def sweep(
     """Run every backend of a sweep config over its cells, each backend in a fresh worker process."""
     from rich.console import Console
 
+    from gpt2bench.cli.progress import phases_shown
     from gpt2bench.sweep.config import load_sweep
 
     spec = load_sweep(config)
@@ -47,7 +48,8 @@ def sweep(
     if quality is not None:
         spec = dataclasses.replace(spec, quality=dataclasses.replace(spec.quality, enabled=quality))
     console = Console()
-    run = _start(spec, config, resume, console, force)
+    with phases_shown(console):  # the model's first build, before the sweep's own bar
+        run = _start(spec, config, resume, console, force)
     if run is not None:
         _run_with_progress(run, console)
         _report(run, console)
@@ -95,25 +97,11 @@ def _start(spec: SweepSpec, config: Path, resume: bool, console: Console, force:
 
 
 def _run_with_progress(run: SweepRun, console: Console) -> None:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import Progress
 
+    from gpt2bench.cli.progress import columns, phases_on
     from gpt2bench.sweep.driver import cells_to_run, run_interleaved, run_sequential
 
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
     terminated: list[int] = []
 
     def on_sigterm(signum: int, _frame: object) -> None:
@@ -122,8 +110,8 @@ def _run_with_progress(run: SweepRun, console: Console) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("sweep", total=cells_to_run(run))
+    with Progress(*columns(), console=console) as progress, phases_on(progress):
+        task = progress.add_task("sweep", total=cells_to_run(run), detail="")
         run.on_cell = lambda label: progress.update(task, advance=1, description=f"sweep ({label} done a cell)")
         try:
             (run_interleaved if run.spec.interleave else run_sequential)(run)

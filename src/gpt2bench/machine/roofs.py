@@ -16,6 +16,7 @@ from typing import Any
 from gpt2bench.core.errors import BenchError
 from gpt2bench.core.fsutil import atomic_write_text
 from gpt2bench.core.paths import cache_dir
+from gpt2bench.core.progress import phase, replay_lines, report_to_parent
 from gpt2bench.machine.sysinfo import ContentionMonitor, cpu_fingerprint
 
 log = logging.getLogger(__name__)
@@ -132,13 +133,16 @@ def native_roofs(matmul_gflops: dict[str, float | None]) -> dict[str, float | No
     }
 
 
-def measure_matmuls(threads: int, size: int = 2048, screen: int = 256) -> dict[str, float | None]:
+def measure_matmuls(
+    threads: int, size: int = 2048, screen: int = 256, step: Callable[[str], None] = lambda _part: None
+) -> dict[str, float | None]:
     """GFLOP/s of a `size` square matmul per arithmetic in PEAK_DTYPES. Each narrower one is first
     screened at `screen` against fp32 at the same size: a fallback loop is left at that rate, since
     at `size` it would take minutes (6 x 57 s for bf16 on an AVX2-only CPU) to say the same."""
     small_fp32 = measure_peak_gflops(threads, "fp32", size=screen)
     rates: dict[str, float | None] = {}
     for dtype in PEAK_DTYPES:
+        step(f"{dtype} matmul")
         small = small_fp32 if dtype == "fp32" else measure_peak_gflops(threads, dtype, size=screen)
         fallback = dtype != "fp32" and small is not None and small_fp32 is not None and small < small_fp32
         rates[dtype] = small if fallback or small is None else measure_peak_gflops(threads, dtype, size=size)
@@ -150,13 +154,17 @@ def measure_roofs(threads: int) -> tuple[dict[str, Any], float]:
     `matmul_gflops` keeps every measured matmul rate, `peak_gflops` the ones that are roofs."""
     monitor = ContentionMonitor()
     _deadline[:] = [time.monotonic() + BUDGET_S]
+    name = f"measuring this machine's roofs at {threads} threads (once, cached; <= {BUDGET_S:.0f} s)"
     try:
-        matmul = measure_matmuls(threads)
-        roofs = {
-            "read_bandwidth_gbs": measure_read_bandwidth(threads),
-            "peak_gflops": native_roofs(matmul),
-            "matmul_gflops": matmul,
-        }
+        with phase(name, total=len(PEAK_DTYPES) + 1) as progress:
+            matmul = measure_matmuls(threads, step=lambda part: progress.step(detail=part))
+            progress.step(detail="read bandwidth")
+            roofs = {
+                "read_bandwidth_gbs": measure_read_bandwidth(threads),
+                "peak_gflops": native_roofs(matmul),
+                "matmul_gflops": matmul,
+            }
+            progress.step()
     finally:
         _deadline.clear()  # the budget is this measurement's, not every later probe's in the process
     return roofs, monitor.stop().other_cpu_frac
@@ -165,13 +173,17 @@ def measure_roofs(threads: int) -> tuple[dict[str, Any], float]:
 def measure_in_helper(threads: int) -> tuple[dict[str, Any], float]:
     """`measure_roofs` in a fresh process. The caller is often a measured backend's process: this
     keeps torch out of ONNX Runtime and vLLM runs and the microbenchmarks' buffers out of its memory."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "gpt2bench.machine.roofs", str(threads)], capture_output=True, text=True, check=False
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpt2bench.machine.roofs", str(threads)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    if proc.returncode != 0:
-        err = proc.stderr.strip().splitlines()
+    err = replay_lines(proc.stderr)  # type: ignore[arg-type]
+    out = proc.stdout.read()  # type: ignore[union-attr]  # one JSON line: it never fills the pipe
+    if proc.wait() != 0:
         raise BenchError(f"measuring the machine's roofs failed: {err[-1] if err else f'exit code {proc.returncode}'}")
-    roofs, busy = json.loads(proc.stdout.strip().splitlines()[-1])
+    roofs, busy = json.loads(out.strip().splitlines()[-1])
     return roofs, busy
 
 
@@ -192,8 +204,6 @@ def machine_roofs(
     key = f"{cpu_fingerprint()}-threads{threads}_v5"
     if not refresh and key in cached:
         return _say_if_contended(dict(cached[key]))
-    log.info("measuring this machine's read bandwidth and matmul rates at %d threads (once, cached; <= %.0f s)",
-             threads, BUDGET_S)  # fmt: skip
     roofs, busy = measure(threads)
     if busy > MAX_OTHER_CPU_FRAC:
         # Cached all the same, flagged: measuring again on every run cost each run minutes.
@@ -226,4 +236,5 @@ def machine_report(threads: int, refresh: bool = False) -> tuple[dict[str, Any],
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure_roofs(int(sys.argv[1]))))
+    with report_to_parent():
+        print(json.dumps(measure_roofs(int(sys.argv[1]))))

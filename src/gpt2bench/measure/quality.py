@@ -23,6 +23,7 @@ import numpy as np
 from gpt2bench.backends.base import Sampling, logits_nll
 from gpt2bench.core.errors import UsageError
 from gpt2bench.core.paths import cache_dir
+from gpt2bench.core.progress import phase
 from gpt2bench.measure.spec import QualitySettings
 
 if TYPE_CHECKING:
@@ -74,9 +75,11 @@ def perplexity(
     window: int,
     stride: int | None = None,
     max_windows: int | None = None,
+    on_window: Callable[[], None] = lambda: None,
 ) -> Perplexity:
     """Token-level perplexity of the 1-D id stream `ids`; `token_bytes[id]` is the UTF-8 length of
-    a token, for bits per byte. `nll_fn` scores one window (see Backend.token_nll)."""
+    a token, for bits per byte. `nll_fn` scores one window (see Backend.token_nll); `on_window` is
+    called after each."""
     stride = stride or window
     nll_sum, tokens, n_bytes, count = 0.0, 0, 0, 0
     for begin, end, n_targets in windows(len(ids), window, stride):
@@ -87,6 +90,7 @@ def perplexity(
         tokens += n_targets
         n_bytes += int(token_bytes[targets].sum())
         count += 1
+        on_window()
     if tokens == 0:
         raise UsageError(f"the eval text is {len(ids)} token(s) long; perplexity needs at least 2")
     return Perplexity(math.exp(nll_sum / tokens), nll_sum, tokens, n_bytes, count)
@@ -209,6 +213,19 @@ def reference(model: ModelRef, tokenizer: Tokenizer, settings: QualitySettings) 
             return data["tokens"], data["logits"]
     except (OSError, KeyError, ValueError):
         pass
+    with phase("quality: the hf-eager reference (once per model, cached)"):
+        tokens, logits = _reference_outputs(model, tokenizer, settings)
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, tokens=tokens, logits=logits)
+    atomic_write_bytes(path, buf.getvalue())
+    return tokens, logits
+
+
+def _reference_outputs(
+    model: ModelRef, tokenizer: Tokenizer, settings: QualitySettings
+) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
     from gpt2bench.backends import BackendSettings, get_backend
@@ -221,11 +238,6 @@ def reference(model: ModelRef, tokenizer: Tokenizer, settings: QualitySettings) 
     tokens = greedy_continuations(ref, prompts, settings.agreement_gen_len)
     logits = teacher_forced_logits(ref.logits, prompts, tokens).astype(np.float32)
     ref.close()
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, tokens=tokens, logits=logits)
-    atomic_write_bytes(path, buf.getvalue())
     return tokens, logits
 
 
@@ -257,11 +269,16 @@ def evaluate(backend: Backend, model: ModelRef, tokenizer: Tokenizer, settings: 
     """Perplexity and agreement of a loaded backend, through its own generate and logits paths."""
     window = settings.window_for(model.n_positions())
     ids = eval_ids(tokenizer, settings, window)
-    ppl = perplexity(
-        backend.token_nll, ids, token_byte_lengths(tokenizer), window, settings.stride, settings.max_windows
-    )
+    stride = settings.stride or window
+    n = sum(1 for _ in windows(len(ids), window, stride))
+    n = min(n, settings.max_windows) if settings.max_windows is not None else n
+    with phase(f"quality: perplexity over {n} windows of {window} tokens", total=n) as progress:
+        ppl = perplexity(
+            backend.token_nll, ids, token_byte_lengths(tokenizer), window, stride, settings.max_windows, progress.step
+        )
     ref_tokens, ref_logits = reference(model, tokenizer, settings)
     prompts = agreement_prompts(tokenizer, settings)
-    tokens = greedy_continuations(backend, prompts, settings.agreement_gen_len)
-    logits = teacher_forced_logits(backend.logits, prompts, ref_tokens)
+    with phase(f"quality: agreement with hf-eager on {len(prompts)} prompts"):
+        tokens = greedy_continuations(backend, prompts, settings.agreement_gen_len)
+        logits = teacher_forced_logits(backend.logits, prompts, ref_tokens)
     return QualityResult(ppl, agreement(ref_tokens, ref_logits, tokens, logits), window, settings.stride or window)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,17 +9,11 @@ from typing import Any
 
 from gpt2bench.core.errors import UsageError, one_line
 from gpt2bench.core.fsutil import check_writable
+from gpt2bench.core.progress import quiet_libraries
 from gpt2bench.measure.row import ROW_DETAILS, ok_row, spec_fields
 from gpt2bench.measure.spec import RunSpec, oversubscription
 
 QUALITY_INTERRUPTED = "interrupted (Ctrl-C) before quality finished"
-
-
-def quiet_libraries() -> None:
-    """Progress bars and info logs from transformers/hub would interleave with our output."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @dataclass

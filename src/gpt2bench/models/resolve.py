@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 from gpt2bench.core.errors import BenchError
 from gpt2bench.core.fsutil import publish_folder
 from gpt2bench.core.paths import TOKENIZER_DIR, cache_dir
+from gpt2bench.core.progress import phase
 from gpt2bench.models.ref import MARKER, ModelRef, copy_tokenizer, local_model
 
 DEFAULT_MODEL = "gpt2"
@@ -80,7 +80,8 @@ def random_model() -> ModelRef:
             return local_model(RANDOM, folder)
         except BenchError as exc:
             log.warning("the cached random model is corrupt (%s); building it again", exc)
-    build_random_model(folder, seed=0, replace=True)
+    with phase("building the random GPT-2 124M model (once, cached)"):
+        build_random_model(folder, seed=0, replace=True)
     return local_model(RANDOM, folder)
 
 
@@ -88,14 +89,11 @@ def tiny_model() -> ModelRef:
     """The cached trained tiny model, trained the first time; a corrupt one is trained again."""
     from gpt2bench.models.tiny import tiny_model_dir
 
-    def say(msg: str) -> None:
-        print(f"make-tiny: {msg}", file=sys.stderr)
-
     try:
-        return local_model(TINY, tiny_model_dir(log=say))
+        return local_model(TINY, tiny_model_dir())
     except BenchError as exc:
         log.warning("the cached tiny model is corrupt (%s); training it again", exc)
-    return local_model(TINY, tiny_model_dir(rebuild=True, log=say))
+    return local_model(TINY, tiny_model_dir(rebuild=True))
 
 
 def build_random_model(out: Path, seed: int = 0, replace: bool = False, **overrides: Any) -> Path:

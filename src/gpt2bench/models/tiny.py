@@ -28,6 +28,7 @@ import numpy as np
 
 from gpt2bench.core.fsutil import publish_folder
 from gpt2bench.core.paths import DEFAULT_TEXT, TOKENIZER_DIR, cache_dir
+from gpt2bench.core.progress import Phase, phase
 from gpt2bench.models.ref import MARKER, copy_tokenizer, load_tokenizer
 
 TRAIN_FROM = 0.5  # fraction of the text's characters where the training part begins
@@ -59,7 +60,7 @@ def training_ids() -> np.ndarray:
     return np.asarray(load_tokenizer().encode(text[int(len(text) * TRAIN_FROM) :]).ids, dtype=np.int64)
 
 
-def train(recipe: TinyRecipe, out: Path, log: Any = print) -> dict[str, Any]:
+def train(recipe: TinyRecipe, out: Path) -> dict[str, Any]:
     """Train and save a complete Hugging Face folder at `out` (written beside it, then renamed)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -79,7 +80,8 @@ def train(recipe: TinyRecipe, out: Path, log: Any = print) -> dict[str, Any]:
     ids = torch.from_numpy(training_ids())
     seen = torch.unique(ids)  # sorted: the restricted softmax's classes
     t0 = time.perf_counter()
-    losses = _train_steps(model, ids, seen, recipe, log)
+    with phase(f"training the tiny model {recipe.name()} (once, cached)", total=recipe.steps) as progress:
+        losses = _train_steps(model, ids, seen, recipe, progress)
     _fill_unseen(model, ids, seen, config.vocab_size)
     stats = {
         "train_s": time.perf_counter() - t0,
@@ -90,14 +92,13 @@ def train(recipe: TinyRecipe, out: Path, log: Any = print) -> dict[str, Any]:
     return stats
 
 
-def _train_steps(model: Any, ids: Any, seen: Any, recipe: TinyRecipe, log: Any) -> list[float]:
+def _train_steps(model: Any, ids: Any, seen: Any, recipe: TinyRecipe, progress: Phase) -> list[float]:
     """AdamW with linear warm-up and cosine decay to 10%, the softmax over the `seen` ids only."""
     import torch
 
     rng = np.random.default_rng(recipe.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=0.1)
     warmup = max(1, recipe.steps // 10)
-    t0 = time.perf_counter()
     losses = []
     for step in range(recipe.steps):
         # Linear warm-up, then cosine decay to 10%.
@@ -119,10 +120,7 @@ def _train_steps(model: Any, ids: Any, seen: Any, recipe: TinyRecipe, log: Any) 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
-        if step % 50 == 0 or step == recipe.steps - 1:
-            spent = time.perf_counter() - t0
-            left = spent / (step + 1) * (recipe.steps - step - 1)
-            log(f"step {step + 1}/{recipe.steps}  loss {loss.item():.3f}  {spent:.0f} s, ~{left:.0f} s left")
+        progress.step(step + 1, detail=f"loss {losses[-1]:.2f}")
     return losses
 
 
@@ -153,10 +151,9 @@ def _save(model: Any, recipe: TinyRecipe, stats: dict[str, Any], out: Path) -> N
     publish_folder(out, build, finished=lambda folder: (folder / MARKER).is_file(), replace=True)
 
 
-def tiny_model_dir(recipe: TinyRecipe = TinyRecipe(), rebuild: bool = False, log: Any = print) -> Path:
+def tiny_model_dir(recipe: TinyRecipe = TinyRecipe(), rebuild: bool = False) -> Path:
     """The cached trained model for `recipe`, trained first when missing."""
     out = cache_dir() / "models" / recipe.name()
     if rebuild or not (out / MARKER).is_file():
-        log(f"training {recipe.name()} (once; cached in {out})")
-        train(recipe, out, log)
+        train(recipe, out)
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import json
 import os
 import selectors
@@ -12,7 +13,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+
+from gpt2bench.core.progress import Event, from_line, replay
 
 if TYPE_CHECKING:
     from gpt2bench.measure.spec import RunSpec
@@ -34,6 +38,24 @@ class Interrupted(KeyboardInterrupt):
 # A terminal's Ctrl-C reaches the workers too (one process group). One in its quality check answers
 # at once with its timed runs (runner._quality); one in its timed runs dies without answering.
 LAST_WORDS_S = 10.0
+
+
+def drain(lines: Iterable[str], tail: collections.deque[str]) -> None:
+    """Read a worker's stderr to its end: its progress events shown as the sweep's own, every other
+    line kept in `tail` for the message if it dies. A phase it died in is ended here."""
+    open_phases: dict[str, Event] = {}
+    for line in lines:
+        event = from_line(line)
+        if event is not None:
+            if event.kind == "end":
+                open_phases.pop(event.name, None)
+            else:
+                open_phases.setdefault(event.name, event)
+            replay(event)
+        elif line.strip():
+            tail.append(line)
+    for event in open_phases.values():  # no spinner left turning for a dead worker's phase
+        replay(dataclasses.replace(event, kind="end"))
 
 
 class Worker:
@@ -59,9 +81,7 @@ class Worker:
         self._send({"run_id": run_id, "spec": session.to_json()})
 
     def _drain_stderr(self) -> None:
-        for line in self.proc.stderr:  # type: ignore[union-attr]
-            if line.strip():
-                self.stderr_tail.append(line)
+        drain(self.proc.stderr, self.stderr_tail)  # type: ignore[arg-type]
 
     def _send(self, message: dict[str, Any]) -> None:
         try:

@@ -90,4 +90,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from gpt2bench.core.progress import report_to_parent
+
+    with report_to_parent():  # the sweep shows what a worker is doing (a build, an engine start)
+        sys.exit(main())
