@@ -1,6 +1,7 @@
 """Bad input that used to end in a library's exception ("internal error: ...") or do the wrong
 thing, now a one-line error naming the problem (issue: every bad input a clear error)."""
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -195,3 +196,34 @@ def test_a_corrupt_cached_tiny_model_is_trained_again(tmp_path, monkeypatch, cap
     ref = resolve_model("tiny")
     assert "the cached tiny model is corrupt" in caplog.text and "training it again" in caplog.text
     assert ref.path == folder and weights.stat().st_size == size
+
+
+def _refuses_new_files(folder: Path) -> bool:
+    try:
+        (folder / "gpt2bench-probe").mkdir()
+    except OSError:
+        return True
+    (folder / "gpt2bench-probe").rmdir()
+    return False
+
+
+# sysfs refuses new folders even to root, who writes through a chmod 0o555 regardless.
+READ_ONLY = Path("/sys/kernel")
+
+
+@pytest.mark.skipif(not READ_ONLY.is_dir() or not _refuses_new_files(READ_ONLY), reason="no place refuses writes")
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["run", "-b", "hf-eager", "--output", f"{READ_ONLY}/results"], {}, "cannot write results to"),
+        (["run", "-b", "hf-eager", "--model", "tiny"], {"GPT2BENCH_CACHE": f"{READ_ONLY}/c"}, "cannot use the cache"),
+        (["plot", "{fixture}", "--out", f"{READ_ONLY}/figures"], {}, "cannot write figures to"),
+    ],
+)
+def test_a_place_that_refuses_writes_is_one_line_before_any_work(tmp_path, monkeypatch, args, env, message):
+    from test_plot import fixture_doc
+
+    monkeypatch.chdir(tmp_path)  # the default results/ folder lands here, if anything went wrong
+    (tmp_path / "results.json").write_text(json.dumps(fixture_doc()))
+    one_line_error(run_cli(*[a.replace("{fixture}", str(tmp_path)) for a in args], env=env), 1, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
