@@ -166,7 +166,8 @@ def test_the_cuda_session_runs_without_tf32(tiny_model):
 
 
 def test_the_gpu_graph_is_optimized_for_the_gpu_in_an_artifact_of_its_own(tiny_model):
-    from gpt2bench.backends.onnx_export import _fields, _key
+    from gpt2bench.backends.artifacts import fields_key as _key
+    from gpt2bench.backends.onnx_export import _fields
 
     cpu, gpu = (_fields(tiny_model, "onnx-opt", {"use_gpu": flag}) for flag in (False, True))
     assert gpu["use_gpu"] is True and "use_gpu" not in cpu  # the CPU graph keeps the key it had

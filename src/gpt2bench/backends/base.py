@@ -130,6 +130,11 @@ class Backend(ABC):
         """Device memory figures in MB, e.g. {'cuda_max_allocated_mb': ...}."""
         return {}
 
+    def stored_weight_bytes(self) -> float | None:
+        """Mean bytes per weight as the loaded model stores them, for a backend whose tensors differ
+        in width (llama.cpp's q4_0 keeps the tied head at q6_K); None: the declared weight_bytes."""
+        return None
+
     def warnings(self) -> list[str]:
         """What a user should know about this load before reading its numbers (one line each)."""
         return []
@@ -162,11 +167,12 @@ class BackendInfo:
     # (every slot of a preallocated cache, rounded up to kv_slot_round).
     kv_reads: str = "context"
     kv_slot_round: int = 1
+    kv_bytes: float | None = None  # bytes per cached element where not the row's dtype (llama.cpp: f16)
 
     def kv_traffic(self, dtype: str) -> tuple[float, str, int]:
         """(bytes per cached element, how the cache is read, slot rounding) for a row in `dtype`: the
         cache holds activations, so int8-weight backends still cache fp32."""
-        return BYTES_PER_PARAM.get(dtype, 4), self.kv_reads, self.kv_slot_round
+        return self.kv_bytes or BYTES_PER_PARAM.get(dtype, 4), self.kv_reads, self.kv_slot_round
 
     def bytes_per_weight(self, dtype: str) -> float:
         """What one weight of a row in `dtype` occupies in memory, as this backend stores it."""
@@ -230,6 +236,7 @@ def register(
     compute_dtype: str | None = None,
     kv_reads: str = "context",
     kv_slot_round: int = 1,
+    kv_bytes: float | None = None,
 ) -> Callable[[type[Backend]], type[Backend]]:
     """Register a backend class under `name`; the keywords are BackendInfo's fields."""
 
@@ -252,6 +259,7 @@ def register(
             compute_dtype,
             kv_reads,
             kv_slot_round,
+            kv_bytes,
         )
         return cls
 

@@ -11,7 +11,6 @@ and a truncated or corrupt artifact is rebuilt.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -26,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from gpt2bench.backends.artifacts import fields_key, sha256_file
 from gpt2bench.core import progress
 from gpt2bench.core.errors import BenchError
 from gpt2bench.core.fsutil import atomic_write_text, publish_folder
@@ -226,18 +226,6 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-def _key(fields: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify(folder: Path) -> tuple[dict[str, Any] | None, str]:
     """(manifest, "") when the artifact is complete and intact, else (None, why not)."""
     try:
@@ -251,7 +239,7 @@ def verify(folder: Path) -> tuple[dict[str, Any] | None, str]:
         return None, "model.onnx missing"
     if model.stat().st_size != manifest.get("size"):
         return None, f"model.onnx is {model.stat().st_size} bytes, expected {manifest.get('size')}"
-    if _sha256(model) != manifest.get("sha256"):
+    if sha256_file(model) != manifest.get("sha256"):
         return None, "model.onnx checksum mismatch"
     return manifest, ""
 
@@ -265,7 +253,7 @@ def _fields(model: ModelRef, variant: str, options: dict[str, Any]) -> dict[str,
         "opset": OPSET,
         "export_version": EXPORT_VERSION,
         "versions": _versions(),
-        "parent": _key(_fields(model, PARENT[variant], options)) if variant in PARENT else None,
+        "parent": fields_key(_fields(model, PARENT[variant], options)) if variant in PARENT else None,
     }
     if variant == "onnx-opt" and options.get("use_gpu"):
         fields["use_gpu"] = True  # absent for the CPU graph: its cached key stays what it was
@@ -294,7 +282,7 @@ def build(model: ModelRef, variant: str, options: dict[str, Any], rebuild: bool 
     if variant not in VARIANTS:
         raise BenchError(f"unknown ONNX variant '{variant}'")
     fields = _fields(model, variant, options)
-    key = _key(fields)
+    key = fields_key(fields)
     folder = cache_dir() / "onnx" / f"{variant}-{key}"
     phases: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -345,7 +333,7 @@ def _manifest(key: str, fields: dict[str, Any], target: Path, build_s: float, in
         "key": key,
         "fields": fields,
         "size": target.stat().st_size,
-        "sha256": _sha256(target),
+        "sha256": sha256_file(target),
         "build_s": build_s,
         "info": info,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

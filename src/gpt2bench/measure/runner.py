@@ -115,7 +115,8 @@ def measure_cell(
     env = environment()
     facts = {k: details[k] for k in ROW_DETAILS if k in details}
     row = ok_row(spec_fields(spec, model, run_id, label), session.load, m, prompts, env, {**facts, **quality})
-    row.update(_roofline(spec, row, model, roofs, [r.tpot_ms for r in m.runs], m.bandwidth_gbs))
+    stored = backend.stored_weight_bytes()
+    row.update(_roofline(spec, row, model, roofs, [r.tpot_ms for r in m.runs], m.bandwidth_gbs, stored))
     sample_text = tokenizer.decode(m.generations[0].tokens[0].tolist())
     samples = _samples(spec, row, m, prompts, sample_text, details, backend.warnings(), env)
     return CellResult(row, samples, details, model, sample_text, env)
@@ -168,10 +169,17 @@ def _machine_roofs(device: str, threads: int) -> dict[str, Any]:
 
 
 def _roofline(
-    spec: RunSpec, row: dict[str, Any], model: Any, roofs: dict[str, Any], tpot_ms: list[float], probed: list[float]
+    spec: RunSpec,
+    row: dict[str, Any],
+    model: Any,
+    roofs: dict[str, Any],
+    tpot_ms: list[float],
+    probed: list[float],
+    stored_bytes: float | None = None,
 ) -> dict[str, Any]:
-    """Roofline columns, from the backend's declared weight width and arithmetic. With probes
-    around the runs, the bandwidth is theirs and each run is set against its own moment."""
+    """Roofline columns, from the backend's weight width (the loaded backend's own figure where it
+    has one, else the declared one) and arithmetic. With probes around the runs, the bandwidth is
+    theirs and each run is set against its own moment."""
     import statistics
 
     from gpt2bench.backends.base import get_backend
@@ -184,7 +192,7 @@ def _roofline(
     columns = roofline_columns(
         row,
         model.config(),
-        info.bytes_per_weight(spec.dtype),
+        stored_bytes or info.bytes_per_weight(spec.dtype),
         bandwidth,
         peak_for(roofs, arithmetic),
         runs,
