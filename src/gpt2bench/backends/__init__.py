@@ -4,6 +4,7 @@ only light modules at the top, so this stays cheap (no torch)."""
 
 from gpt2bench.backends import (
     ct2,  # noqa: F401  (registers ct2, ct2-int8)
+    genai,  # noqa: F401  (registers onnx-genai, onnx-genai-int8)
     hf,  # noqa: F401  (registers hf-eager, hf-fp16-dynq, hf-int8-dynq)
     llamacpp,  # noqa: F401  (registers llamacpp, llamacpp-f16, llamacpp-q8_0, llamacpp-q4_0)
     onnx,  # noqa: F401  (registers onnx, onnx-opt, onnx-int8)
