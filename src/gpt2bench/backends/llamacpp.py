@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from gpt2bench.backends.base import Backend, BackendSettings, check_bool_options, register
-from gpt2bench.backends.sampling import make_rng, select_next
+from gpt2bench.backends.sampling import host_decode
 from gpt2bench.core.errors import BenchError
 
 if TYPE_CHECKING:
@@ -155,15 +155,8 @@ class _LlamaCppBackend(Backend):
     def generate(self, input_ids: np.ndarray, max_new_tokens: int, sampling: Sampling) -> Iterator[np.ndarray]:
         batch, seq = input_ids.shape
         self._ensure_context(batch, seq + max_new_tokens)
-        rng = make_rng(sampling)
         self.lib.llama_memory_clear(self.lib.llama_get_memory(self.ctx), True)
-        ids, pos = np.asarray(input_ids, dtype=np.int64), 0
-        for _ in range(max_new_tokens):
-            logits = self._decode(ids, pos)
-            pos += ids.shape[1]
-            nxt = select_next(logits[:, -1, :], sampling, rng)
-            yield nxt
-            ids = nxt[:, None]
+        yield from host_decode(self._decode, input_ids, max_new_tokens, sampling)
 
     def logits(self, input_ids: np.ndarray) -> np.ndarray:
         seq = input_ids.shape[1]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from gpt2bench.backends.base import Backend, BackendSettings, check_bool_options, register
-from gpt2bench.backends.sampling import make_rng, select_next
+from gpt2bench.backends.sampling import host_decode
 from gpt2bench.core.errors import BenchError, UsageError
 
 if TYPE_CHECKING:
@@ -142,16 +142,14 @@ class _OrtBackend(Backend):
         return outputs[0].numpy(), dict(zip(self.past_names, outputs[1:], strict=True))
 
     def generate(self, input_ids: np.ndarray, max_new_tokens: int, sampling: Sampling) -> Iterator[np.ndarray]:
-        rng = make_rng(sampling)
-        ids = np.ascontiguousarray(input_ids, dtype=np.int64)
-        past = self._empty_past(ids.shape[0])
-        past_len = 0
-        for _ in range(max_new_tokens):
-            logits, past = self._run(ids, past_len, past)
-            past_len += ids.shape[1]
-            nxt = select_next(logits[:, -1, :], sampling, rng)
-            yield nxt
-            ids = nxt[:, None]
+        past = self._empty_past(input_ids.shape[0])
+
+        def forward(ids: np.ndarray, past_len: int) -> np.ndarray:
+            nonlocal past
+            logits, past = self._run(ids, past_len, past)  # the presents are the next step's past
+            return logits
+
+        yield from host_decode(forward, input_ids, max_new_tokens, sampling)
 
     def logits(self, input_ids: np.ndarray) -> np.ndarray:
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)

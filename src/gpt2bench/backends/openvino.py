@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from gpt2bench.backends.base import Backend, BackendSettings, check_bool_options, register
-from gpt2bench.backends.sampling import make_rng, select_next
+from gpt2bench.backends.sampling import host_decode
 from gpt2bench.core.errors import BenchError
 
 if TYPE_CHECKING:
@@ -107,16 +107,8 @@ class _OpenVinoBackend(Backend):
         return self.request.get_output_tensor(0).data  # a view of the runtime's buffer: read before the next call
 
     def generate(self, input_ids: np.ndarray, max_new_tokens: int, sampling: Sampling) -> Iterator[np.ndarray]:
-        rng = make_rng(sampling)
-        ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         self.request.reset_state()  # the previous sequence's cache
-        past_len = 0
-        for _ in range(max_new_tokens):
-            logits = self._infer(ids, past_len)
-            past_len += ids.shape[1]
-            nxt = select_next(logits[:, -1, :], sampling, rng)
-            yield nxt
-            ids = nxt[:, None]
+        yield from host_decode(self._infer, input_ids, max_new_tokens, sampling)
 
     def logits(self, input_ids: np.ndarray) -> np.ndarray:
         self.request.reset_state()

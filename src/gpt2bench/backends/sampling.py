@@ -3,6 +3,8 @@ Same rules as backends/torch_common.select_next: argmax when greedy, else temper
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import numpy as np
 
 from gpt2bench.backends.base import Sampling
@@ -37,3 +39,20 @@ def select_next(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def host_decode(
+    forward: Callable[[np.ndarray, int], np.ndarray], input_ids: np.ndarray, max_new_tokens: int, sampling: Sampling
+) -> Iterator[np.ndarray]:
+    """The decode loop of the backends that return logits to the host (ONNX Runtime, OpenVINO,
+    llama.cpp): `forward(ids, past_len)` runs ids [batch, seq] after past_len cached positions and
+    returns logits [batch, kept, vocab]; the prompt first, then one chosen token per step."""
+    rng = make_rng(sampling)
+    ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+    past_len = 0
+    for _ in range(max_new_tokens):
+        logits = forward(ids, past_len)
+        past_len += ids.shape[1]
+        nxt = select_next(logits[:, -1, :], sampling, rng)
+        yield nxt
+        ids = nxt[:, None]
