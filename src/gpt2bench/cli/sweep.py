@@ -33,6 +33,12 @@ def sweep(
         bool | None, typer.Option("--quality/--no-quality", help="Measure quality (overrides the config).")
     ] = None,
     force: Annotated[bool, typer.Option(help="With --resume: continue a folder measured with another config.")] = False,
+    executor: Annotated[
+        str | None, typer.Option(help="local (this machine) or ray (a Ray cluster; overrides the config).")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="With --executor ray: the cluster, auto or host:port or ray://host:port.")
+    ] = None,
 ) -> None:
     """Run every backend of a sweep config over its cells, each backend in a fresh worker process."""
     from rich.console import Console
@@ -47,12 +53,29 @@ def sweep(
         spec = dataclasses.replace(spec, interleave=interleave)
     if quality is not None:
         spec = dataclasses.replace(spec, quality=dataclasses.replace(spec.quality, enabled=quality))
+    spec = _with_cluster(spec, executor, address)
     console = Console()
     with phases_shown(console):  # the model's first build, before the sweep's own bar
         run = _start(spec, config, resume, console, force)
     if run is not None:
         _run_with_progress(run, console)
         _report(run, console)
+
+
+def _with_cluster(spec: SweepSpec, executor: str | None, address: str | None) -> SweepSpec:
+    """The config's cluster settings with --executor and --address over them."""
+    from gpt2bench.sweep.config import EXECUTORS
+
+    if executor is not None and executor not in EXECUTORS:
+        raise UsageError(f"unknown executor '{executor}' (choose from: {', '.join(EXECUTORS)})")
+    cluster = dataclasses.replace(
+        spec.cluster,
+        executor=executor or spec.cluster.executor,
+        address=address or spec.cluster.address,
+    )
+    if address is not None and cluster.executor != "ray":
+        raise UsageError("--address names a Ray cluster: use it with --executor ray")
+    return dataclasses.replace(spec, cluster=cluster)
 
 
 def _start(spec: SweepSpec, config: Path, resume: bool, console: Console, force: bool = False) -> SweepRun | None:
@@ -67,6 +90,10 @@ def _start(spec: SweepSpec, config: Path, resume: bool, console: Console, force:
         print(f"note: {note}", file=sys.stderr)
     if problem := spec.interleave_problem():  # --interleave may have turned it on
         raise UsageError(f"{config}: {problem}")
+    if spec.cluster.executor == "ray":  # before a model is built for a cluster that is not there
+        from gpt2bench.sweep.cluster import preflight
+
+        preflight(spec.cluster.address)
     prepare_output(spec.output)
     threads = spec.threads or default_threads()
     warned: set[str] = set()
@@ -102,6 +129,13 @@ def _run_with_progress(run: SweepRun, console: Console) -> None:
     from gpt2bench.cli.progress import columns, phases_on
     from gpt2bench.sweep.driver import cells_to_run, run_interleaved, run_sequential
 
+    if run.spec.cluster.executor == "ray":
+        from gpt2bench.sweep.cluster import run_on_cluster
+
+        execute = run_on_cluster
+    else:
+        execute = run_interleaved if run.spec.interleave else run_sequential
+
     terminated: list[int] = []
 
     def on_sigterm(signum: int, _frame: object) -> None:
@@ -114,7 +148,7 @@ def _run_with_progress(run: SweepRun, console: Console) -> None:
         task = progress.add_task("sweep", total=cells_to_run(run), detail="")
         run.on_cell = lambda label: progress.update(task, advance=1, description=f"sweep ({label} done a cell)")
         try:
-            (run_interleaved if run.spec.interleave else run_sequential)(run)
+            execute(run)
         except KeyboardInterrupt:
             progress.stop()
             how = "terminated (SIGTERM)" if terminated else "interrupted"
@@ -134,6 +168,10 @@ def _report(run: SweepRun, console: Console) -> None:
     failed = [r for r in rows if r.get("status") != "ok"]
     say = console.print
     say(f"{len(rows) - len(failed)} cells ok, {len(failed)} failed; results in {run.spec.output}")
+    if run.spec.cluster.executor == "ray":
+        from gpt2bench.sweep.cluster import served_by
+
+        say(served_by(rows))
     for row in failed:
         say(
             f"  failed: {row['label']} prompt={row['prompt_len']} gen={row['gen_len']} "

@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from gpt2bench.machine.sysinfo import CpuContention
+from gpt2bench.machine.sysinfo import CpuContention, cpu_fingerprint
 from gpt2bench.measure.metrics import PER_RUN_METRICS, STATS, burst_fraction, burst_warning, percentiles, summarize
 from gpt2bench.measure.roofline import probe_runs, roofline_rates
 
@@ -78,6 +78,10 @@ MEASURE_COLUMNS = [
     "timestamp_utc",
     "git_commit",
     "gpt2bench_version",
+    "machine",  # the measuring CPU's fingerprint (machine/sysinfo.cpu_fingerprint): which rows share a machine
+    "node",  # a cluster sweep's node that measured the row (host and Ray node id); empty on one machine
+    "node_type",  # the machine as part of the identity: set only by a cluster sweep's each-node placement
+    "retried",  # why the row's first attempt failed (a lost node), when this row is its one retry
 ]
 # Empty unless the run asked for --quality (see measure/quality.py for definitions).
 QUALITY_COLUMNS = [
@@ -131,6 +135,7 @@ IDENTITY_FIELDS = (
     "prompt_len",
     "gen_len",
     "batch_size",
+    "node_type",  # absent (None) unless a cluster sweep measures each cell once per machine type
 )
 # Options that say how cached artifacts are prepared (export the ONNX files again), not what is
 # measured: a run with rebuild=true measured the same configuration as one without.
@@ -164,7 +169,10 @@ def identity(row: Mapping[str, Any]) -> dict[str, str]:
 
 def config_key(row: Mapping[str, Any]) -> str:
     """`identity` as a short hash: the row's `cell_key` column, what --resume skips and a store replaces."""
-    return hashlib.sha256(json.dumps(identity(row), sort_keys=True).encode()).hexdigest()[:16]
+    fields = identity(row)
+    if fields["node_type"] == "None":  # a row of one machine keeps the key it had before node_type existed
+        del fields["node_type"]
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def spec_fields(spec: RunSpec, model: ModelRef, run_id: str, custom_label: str = "") -> Row:
@@ -193,6 +201,16 @@ def spec_fields(spec: RunSpec, model: ModelRef, run_id: str, custom_label: str =
     }
     fields["cell_key"] = config_key(fields)
     return fields
+
+
+def on_machine(row: Row, node_type: str | None) -> Row:
+    """`row` as measured on the machine type `node_type` (each-node placement): the type joins its
+    identity, so one cell measured on two kinds of machine makes two rows, not one replacing the other."""
+    if node_type is None:
+        return row
+    row = {**row, "node_type": node_type}
+    row["cell_key"] = config_key(row)
+    return row
 
 
 def failed_row(spec: RunSpec, model: ModelRef, run_id: str, error: str, custom_label: str = "") -> Row:
@@ -231,6 +249,7 @@ def ok_row(fields: Row, load: LoadResult, m: Measurement, prompts: Prompts, env:
         "timestamp_utc": env["timestamp_utc"],
         "git_commit": env["git"]["commit"],
         "gpt2bench_version": env["gpt2bench_version"],
+        "machine": cpu_fingerprint(),
         **load.phases,
         **m.setup_phases,
         **m.device_memory,

@@ -63,13 +63,16 @@ def check_fits(spec: RunSpec, model: Any) -> None:
         spec.quality.validate(n_positions)
 
 
-def open_session(spec: RunSpec, warn: Callable[[str], None], check_cell: bool = True) -> Session:
+def open_session(
+    spec: RunSpec, warn: Callable[[str], None], check_cell: bool = True, model_at: tuple[str, Path] | None = None
+) -> Session:
     """Resolve the model and load the backend. With check_cell, `spec`'s own cell is checked
     against the model first, so a bad length fails before a long load (a sweep worker checks each
-    cell as it comes instead)."""
+    cell as it comes instead). `model_at` (reference, folder): the model another process resolved,
+    its files at `folder` here (a cluster node's copy), loaded as that reference."""
     from gpt2bench.backends import BackendSettings, get_backend
     from gpt2bench.measure.harness import timed_load
-    from gpt2bench.models.ref import load_tokenizer
+    from gpt2bench.models.ref import load_tokenizer, local_model
     from gpt2bench.models.resolve import resolve_model
 
     spec.validate()
@@ -77,7 +80,7 @@ def open_session(spec: RunSpec, warn: Callable[[str], None], check_cell: bool = 
         warn(crowded)
     quiet_libraries()
     backend = get_backend(spec.backend).create()
-    model = resolve_model(spec.model)
+    model = local_model(model_at[0], model_at[1]) if model_at else resolve_model(spec.model)
     if fallback := model.fallback_warning():
         warn(fallback)
     if check_cell:

@@ -63,6 +63,11 @@ class ResultsStore:
         self.samples.append(samples)
         self._write()
 
+    def set_meta(self, key: str, value: Any) -> None:
+        """A fact about the whole run (a cluster's nodes), written beside the rows at once."""
+        self.meta[key] = value
+        self._write()
+
     def columns(self) -> list[str]:
         extra = [k for row in self.rows for k in row if k not in COLUMNS]
         return COLUMNS + list(dict.fromkeys(extra))

@@ -15,6 +15,8 @@ interleave: false             # alternate backends repetition by repetition
 probe_bandwidth: false        # CPU: probe read bandwidth around every timed run (as run --probe-bandwidth)
 cell_timeout_s: 1800
 quality: {enabled: false, window: null, stride: null, max_windows: 4, eval_text: null}
+executor: local               # local (this machine) | ray (a Ray cluster, one cell's worker per node)
+ray: {address: auto, placement: spread, model_files: ship}   # see ClusterConfig
 backends:
   - name: hf-eager
   - {name: static-kv, dtype: bf16, options: {compile_mode: default}, label: static-kv-bf16}
@@ -59,11 +61,17 @@ TOP_KEYS = {
     "probe_bandwidth",
     "cell_timeout_s",
     "quality",
+    "executor",
+    "ray",
     "backends",
 }
 BACKEND_KEYS = {"name", "dtype", "options", "label"}
 QUALITY_KEYS = {"enabled", "window", "stride", "max_windows", "eval_text"}
 CELL_KEYS = {"prompt_len", "gen_len", "batch_size"}
+RAY_KEYS = {"address", "placement", "model_files"}
+EXECUTORS = ("local", "ray")
+PLACEMENTS = ("spread", "each-node")
+MODEL_FILES = ("ship", "shared", "resolve")
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,23 @@ class QualityConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Where a sweep's workers run. `local`: processes on this machine. `ray`: Ray actors, one per
+    node that offers the whole-node resource (sweep/cluster.py), so two cells never share a machine.
+
+    placement: `spread` hands the cells to whichever node is free (nodes alike, to finish sooner);
+    `each-node` measures every cell once on each kind of machine in the cluster (to compare them).
+    model_files: `ship` sends the driver's resolved model folder to each node once (Ray's object
+    store); `shared` loads the driver's folder path on every node (a filesystem they all mount);
+    `resolve` has each node resolve the model itself (a Hub download per node)."""
+
+    executor: str = "local"
+    address: str = "auto"
+    placement: str = "spread"
+    model_files: str = "ship"
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     backends: list[BackendConfig]
     cells: list[Cell]
@@ -112,13 +137,20 @@ class SweepSpec:
     probe_bandwidth: bool = False
     cell_timeout_s: float = 1800.0
     quality: QualityConfig = field(default_factory=QualityConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     source: str = ""
     notes: tuple[str, ...] = ()  # what the config said that was read differently (a cell listed twice)
+
+    def by_machine(self) -> bool:
+        """Whether the machine is part of a row's identity: each-node measures a cell per machine."""
+        return self.cluster.executor == "ray" and self.cluster.placement == "each-node"
 
     def interleave_problem(self) -> str | None:
         """Why this sweep cannot interleave, or None. Interleaved, every backend's worker stays
         loaded at once; on one GPU vLLM takes 90% of its memory by default and the others would not
         fit, so a vLLM backend must say how much it may take."""
+        if self.interleave and self.cluster.executor == "ray":
+            return "interleave alternates backends on one machine; with executor ray each node measures its own cells"
         if not self.interleave or self.device != "cuda":
             return None
         for backend in self.backends:
@@ -142,6 +174,8 @@ class SweepSpec:
             "cells": [[c.prompt_len, c.gen_len, c.batch_size] for c in self.cells],
             "backends": [[b.display(), b.name, b.dtype, b.options] for b in self.backends],
             "quality": list(astuple(self.quality)),
+            # Only where it changes what a row is (a cell per machine), so older folders resume as before.
+            **({"placement": "each-node"} if self.by_machine() else {}),
         }
 
     def quality_settings(self) -> QualitySettings:
@@ -203,6 +237,7 @@ def load_sweep(path: Path) -> SweepSpec:
         probe_bandwidth=probe_bandwidth,
         cell_timeout_s=_positive_seconds(src, get("cell_timeout_s")) if "cell_timeout_s" in top else 1800.0,
         quality=_quality(src, top["quality"]) if "quality" in top else QualityConfig(),
+        cluster=_cluster(src, top),
         source=src,
         notes=tuple(notes),
     )
@@ -326,3 +361,23 @@ def _quality(src: str, node: _Node) -> QualityConfig:
     except UsageError as exc:
         raise _fail(src, node, str(exc)) from None
     return quality
+
+
+def _choice(src: str, n: _Node, choices: tuple[str, ...], what: str) -> str:
+    value = _scalar(src, n, str)
+    if value not in choices:
+        raise _fail(src, n, f"unknown {what} '{value}' (choose from: {', '.join(choices)})")
+    return value
+
+
+def _cluster(src: str, top: dict[str, _Node]) -> ClusterConfig:
+    executor = _choice(src, top["executor"], EXECUTORS, "executor") if "executor" in top else "local"
+    if "ray" not in top:
+        return ClusterConfig(executor)
+    ray = _mapping(src, top["ray"], RAY_KEYS)
+    return ClusterConfig(
+        executor,
+        _scalar(src, ray["address"], str) if "address" in ray else "auto",
+        _choice(src, ray["placement"], PLACEMENTS, "placement") if "placement" in ray else "spread",
+        _choice(src, ray["model_files"], MODEL_FILES, "model_files") if "model_files" in ray else "ship",
+    )

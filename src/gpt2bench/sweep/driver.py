@@ -6,12 +6,13 @@ becomes a failed row and the sweep goes on with a fresh worker for the remaining
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gpt2bench.core.errors import UsageError
-from gpt2bench.measure.row import config_key, failed_row, merge_rounds, spec_fields
+from gpt2bench.measure.row import config_key, failed_row, merge_rounds, on_machine, spec_fields
 from gpt2bench.measure.spec import RunSpec
 from gpt2bench.models.ref import ModelRef
 from gpt2bench.report.store import ResultsStore
@@ -33,6 +34,7 @@ class SweepRun:
     threads: int
     on_cell: Progress
     warn: Warn
+    lock: threading.Lock = field(default_factory=threading.Lock)  # a cluster sweep's threads share the store
 
     def cell_spec(
         self,
@@ -46,13 +48,21 @@ class SweepRun:
         unless given; quality only where asked for)."""
         return self.spec.run_spec(backend, cell, self.threads, warmup, repeats, quality)
 
-    def key(self, backend: BackendConfig, cell: Cell) -> str:
-        return config_key(spec_fields(self.cell_spec(backend, cell), self.model, self.run_id))
+    def key(self, backend: BackendConfig, cell: Cell, node_type: str | None = None) -> str:
+        return config_key(on_machine(spec_fields(self.cell_spec(backend, cell), self.model, self.run_id), node_type))
 
-    def fail(self, backend: BackendConfig, cell: Cell, error: str) -> None:
+    def save(self, row: dict[str, Any], samples: dict[str, Any], label: str | None = None) -> None:
+        """A finished row into the store (on disk at once); `label` advances the progress bar."""
+        with self.lock:
+            self.store.add(row, samples)
+        if label is not None:
+            self.on_cell(label)
+
+    def fail(
+        self, backend: BackendConfig, cell: Cell, error: str, node_type: str | None = None, **extra: Any
+    ) -> None:
         row = failed_row(self.cell_spec(backend, cell), self.model, self.run_id, error, backend.label)
-        self.store.add(row, {})
-        self.on_cell(backend.display())
+        self.save({**on_machine(row, node_type), **extra}, {}, backend.display())
 
     def worker(self, backend: BackendConfig) -> Worker:
         return Worker(self.cell_spec(backend, self.spec.cells[0]), self.run_id)
@@ -87,11 +97,13 @@ def resolve_model_once(spec: SweepSpec, warn: Warn) -> tuple[SweepSpec, ModelRef
     return spec, model
 
 
-def plan(run: SweepRun) -> list[tuple[BackendConfig, list[Cell]]]:
-    """Every backend with the cells it still has to measure. A cell whose quality failed is
-    measured again: --resume retries what failed."""
-    done = {config_key(r) for r in run.store.rows if r.get("status") == "ok" and not r.get("quality_error")}
-    return [(b, [c for c in run.spec.cells if run.key(b, c) not in done]) for b in run.spec.backends]
+def plan(run: SweepRun, node_type: str | None = None) -> list[tuple[BackendConfig, list[Cell]]]:
+    """Every backend with the cells it still has to measure (on machines of `node_type`, for a
+    sweep that measures each machine type). A cell whose quality failed is measured again:
+    --resume retries what failed."""
+    with run.lock:
+        done = {config_key(r) for r in run.store.rows if r.get("status") == "ok" and not r.get("quality_error")}
+    return [(b, [c for c in run.spec.cells if run.key(b, c, node_type) not in done]) for b in run.spec.backends]
 
 
 def cells_to_run(run: SweepRun) -> int:
@@ -106,44 +118,55 @@ def _announce(hello: dict[str, Any], warn: Warn) -> None:
         warn(message)
 
 
+@dataclass
+class Leftover:
+    """What a worker left: the cells a fresh worker must still do, and the cell it was measuring
+    when it died or hung (already a failed row), with why."""
+
+    rest: list[Cell]
+    lost: Cell | None = None
+    gone: WorkerGone | None = None
+
+
 def run_sequential(run: SweepRun) -> None:
     for backend, cells in plan(run):
         remaining = list(cells)
         while remaining:
-            remaining = _sequential_worker(run, backend, remaining)
+            remaining = measure_cells(run, backend, remaining, run.worker(backend)).rest
 
 
-def _sequential_worker(run: SweepRun, backend: BackendConfig, remaining: list[Cell]) -> list[Cell]:
-    """One worker measures `remaining` in order; returns the cells a fresh worker must still do."""
-    worker = run.worker(backend)
+def measure_cells(
+    run: SweepRun, backend: BackendConfig, remaining: list[Cell], worker: Worker, node_type: str | None = None
+) -> Leftover:
+    """`worker` (just started) loads `backend` and measures `remaining` in order; every answer is
+    a row in the store at once. `node_type`: the machine type in the rows' identity (each-node)."""
     try:
         hello = worker.receive(run.spec.cell_timeout_s)
         _announce(hello, run.warn)
         if hello["event"] == "load_failed":
             for cell in remaining:
-                run.fail(backend, cell, f"load failed: {hello['error']}")
-            return []
+                run.fail(backend, cell, f"load failed: {hello['error']}", node_type)
+            return Leftover([])
         for i, cell in enumerate(remaining):
             spec = run.cell_spec(backend, cell, quality=run.wants_quality(cell))
             try:
                 reply = worker.request(spec, backend.display(), run.spec.cell_timeout_s)
             except Interrupted as stop:
                 if stop.reply:
-                    run.store.add(stop.reply["row"], stop.reply["samples"])
+                    run.save(on_machine(stop.reply["row"], node_type), stop.reply["samples"])
                 raise
             except WorkerGone as gone:
                 # The cell in flight takes the blame; a fresh worker carries on with the rest.
-                run.fail(backend, cell, str(gone))
-                return remaining[i + 1 :]
+                run.fail(backend, cell, str(gone), node_type)
+                return Leftover(remaining[i + 1 :], cell, gone)
             if reply["event"] == "row":
-                run.store.add(reply["row"], reply["samples"])
-                run.on_cell(backend.display())
+                run.save(on_machine(reply["row"], node_type), reply["samples"], backend.display())
             else:
-                run.fail(backend, cell, reply["error"])
-        return []
+                run.fail(backend, cell, reply["error"], node_type)
+        return Leftover([])
     except WorkerGone as gone:  # died or hung while loading
-        run.fail(backend, remaining[0], str(gone))
-        return remaining[1:]
+        run.fail(backend, remaining[0], str(gone), node_type)
+        return Leftover(remaining[1:], remaining[0], gone)
     finally:
         worker.close()
 
@@ -207,7 +230,7 @@ def _interleave_cell(
                 # Backends with every round of this cell done are finished results.
                 for done, (rows, samples) in rounds.items():
                     if len(rows) == repeats and done not in failed:
-                        run.store.add(*merge_rounds(rows, samples))
+                        run.save(*merge_rounds(rows, samples))
                 raise
             if reply["event"] == "row":
                 rounds[name][0].append(reply["row"])
@@ -219,8 +242,7 @@ def _interleave_cell(
         if name in failed:
             run.fail(backend, cell, failed[name])
         else:
-            run.store.add(*merge_rounds(*rounds[name]))
-            run.on_cell(name)
+            run.save(*merge_rounds(*rounds[name]), name)
 
 
 def open_store(

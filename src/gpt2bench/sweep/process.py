@@ -60,9 +60,10 @@ def drain(lines: Iterable[str], tail: collections.deque[str]) -> None:
 
 class Worker:
     """A worker process (sweep/worker.py) for one backend: it loads the backend of `session`, the
-    RunSpec whose engine settings every later request shares, then measures request by request."""
+    RunSpec whose engine settings every later request shares, then measures request by request.
+    `model_at` (reference, folder): load the model from that folder (a cluster node's copy)."""
 
-    def __init__(self, session: RunSpec, run_id: str) -> None:
+    def __init__(self, session: RunSpec, run_id: str, model_at: tuple[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gpt2bench.sweep.worker", str(os.getpid())],  # the worker dies with us
             stdin=subprocess.PIPE,
@@ -78,7 +79,7 @@ class Worker:
         self._drainer.start()
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
-        self._send({"run_id": run_id, "spec": session.to_json()})
+        self._send({"run_id": run_id, "spec": session.to_json(), "model_at": model_at})
 
     def _drain_stderr(self) -> None:
         drain(self.proc.stderr, self.stderr_tail)  # type: ignore[arg-type]

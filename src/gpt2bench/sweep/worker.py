@@ -1,8 +1,9 @@
 """A sweep worker: one backend, loaded once, measuring the cells its parent sends.
 
 Protocol, one JSON object per line. The parent writes the job to stdin first
-({"run_id": ..., "spec": RunSpec.to_json()}, the spec whose backend, model and engine settings the
-worker loads) and the worker answers {"event": "ready", "warnings": [...]} once the backend is
+({"run_id": ..., "spec": RunSpec.to_json(), "model_at": null or [reference, folder]}, the spec
+whose backend, model and engine settings the worker loads; model_at: the model's files, resolved
+by the sweep, are in that folder) and the worker answers {"event": "ready", "warnings": [...]} once the backend is
 loaded (or {"event": "load_failed", "error": ..., "warnings": [...]}); then one request per cell
 ({"spec": RunSpec.to_json(), "label": ...}); the worker answers each with {"event": "row", "row":
 ..., "samples": ...} or {"event": "failed", "error": ...} on its real stdout. Anything libraries
@@ -16,6 +17,7 @@ import json
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpt2bench.core.errors import one_line
@@ -68,7 +70,9 @@ def main() -> int:
     base = RunSpec.from_json(job["spec"])
     warnings: list[str] = []  # our stderr is only shown when the worker dies: the parent prints these
     try:
-        session = open_session(base, warnings.append, check_cell=False)
+        model_at = job.get("model_at")
+        at = (model_at[0], Path(model_at[1])) if model_at else None
+        session = open_session(base, warnings.append, check_cell=False, model_at=at)
     except Exception as exc:  # reported for every cell by the parent
         send({"event": "load_failed", "error": one_line(exc), "warnings": warnings})
         return 1
