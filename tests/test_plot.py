@@ -277,3 +277,20 @@ def test_plot_out_that_is_a_file_and_compare_of_a_results_json_path(tmp_path):
     )
     proc = run_cli("compare", str(tmp_path / "results.json"), str(tmp_path))  # the file stands for its folder
     assert "does not exist" not in proc.stderr and "comparisons" in proc.stdout, proc.stderr
+
+
+def test_rows_of_two_machines_are_drawn_apart_and_the_summary_names_the_cluster():
+    from gpt2bench.report.plot import ok_rows
+    from gpt2bench.report.summary_md import summary_markdown
+
+    doc = fixture_doc()
+    for i, row in enumerate(doc["rows"]):  # a cluster sweep: hf-eager on two kinds of machine
+        row.update(machine="aaaaaa111111" if i % 2 else "bbbbbb222222", node=f"host{i % 2}/0000000{i % 2}")
+    doc["cluster"] = {"nodes": [{"machine": "aaaaaa111111", "cpu_model": "CPU A"}]}
+    labels = {r["label"] for r in ok_rows(doc) if r["backend"] == "hf-eager"}
+    assert labels == {"hf-eager [aaaaaa]", "hf-eager [bbbbbb]"}
+    text = summary_markdown(doc, ok_rows(doc), [])
+    assert "Measured on a Ray cluster: 2 node(s), 2 machine type(s) (`bbbbbb` ?, `aaaaaa` CPU A)." in text
+    one = fixture_doc()
+    assert {r["label"] for r in ok_rows(one)} == {"hf-eager", "onnx", "onnx-int8"}  # one machine: as measured
+    assert "Ray cluster" not in summary_markdown(one, ok_rows(one), [])

@@ -103,3 +103,14 @@ def test_a_sweeps_failed_cell_is_superseded_by_a_later_run_end_to_end(tmp_path, 
     assert proc.returncode == 0, proc.stderr
     summary = (results / "summary.md").read_text()
     assert "## Failed cells" not in summary and "| hf-eager | 4 | 3 | 1 |" in summary
+
+
+def test_each_node_placement_keys_a_cell_by_machine_type_and_leaves_other_keys_alone():
+    from gpt2bench.measure.row import on_machine
+
+    fields = spec_fields(RunSpec(backend="onnx", threads=2), MODEL, "r")
+    assert on_machine(fields, None) is fields  # one machine, or spread: the key it always had
+    zen, xeon = on_machine(fields, "zen3zen3zen3"), on_machine(fields, "xeonxeonxeon")
+    assert len({fields["cell_key"], zen["cell_key"], xeon["cell_key"]}) == 3
+    assert zen["cell_key"] == config_key(zen) and identity(zen)["node_type"] == "zen3zen3zen3"
+    assert config_key({**fields, "node_type": None}) == fields["cell_key"]

@@ -23,11 +23,13 @@ from gpt2bench.sweep.config import Cell, load_sweep
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
+# threads: 1, as each of the two logical nodes shares this machine's 2 cores with the other.
 CONFIG = """output: {out}
 model: {model}
 repeats: {repeats}
 warmup: 1
-prompt_lens: [4, 8, 12, 16]
+threads: 1
+prompt_lens: {prompts}
 gen_lens: [{gen}]
 executor: ray
 backends:
@@ -86,8 +88,8 @@ def test_a_node_lost_mid_sweep_fails_its_cell_which_another_node_retries(cluster
     head, nodes = cluster
     out = tmp_path / "out"
     config = tmp_path / "sweep.yaml"
-    # Cells of ~1 s (60 repetitions), so the node is removed while it measures one.
-    config.write_text(CONFIG.format(out=out, model=tiny_model_dir, repeats=60, gen=8))
+    # Three cells a node of ~1.5 s each (100 repetitions): the node is removed while it measures one.
+    config.write_text(CONFIG.format(out=out, model=tiny_model_dir, repeats=100, gen=8, prompts=[4, 8, 12, 16, 20, 24]))
     proc = _sweep(config, head.address)
     first = _wait_for_rows(out, 1, proc=proc)[0]
     victim = next(n for n in nodes if first["node"].endswith(n.node_id[:8]))
@@ -98,8 +100,8 @@ def test_a_node_lost_mid_sweep_fails_its_cell_which_another_node_retries(cluster
         nodes[nodes.index(victim)] = _add_node(head)  # for the next test
     assert proc.returncode == 0, stderr
     rows = _rows(out)
-    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows), rows
-    assert len({r["cell_key"] for r in rows}) == 4
+    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows), rows
+    assert len({r["cell_key"] for r in rows}) == 6
     retried = [r for r in rows if r.get("retried")]
     assert len(retried) == 1 and "lost" in retried[0]["retried"], [r.get("retried") for r in rows]
     assert not retried[0]["node"].endswith(victim.node_id[:8])  # retried elsewhere
@@ -108,14 +110,14 @@ def test_a_node_lost_mid_sweep_fails_its_cell_which_another_node_retries(cluster
     assert all(r["machine"] for r in rows)
     doc = json.loads((out / "results.json").read_text())
     assert len(doc["cluster"]["nodes"]) == 2 and doc["cluster"]["placement"] == "spread"
-    assert "served by 2 node(s) of 1 machine type(s)" in " ".join(stdout.split())
+    assert "Measured on a Ray cluster: 2 node(s), 1 machine type(s)" in " ".join(stdout.split())
 
 
 def test_a_killed_driver_resumes_with_every_cell_exactly_once(cluster, tmp_path, tiny_model_dir):
     head, _ = cluster
     out = tmp_path / "out"
     config = tmp_path / "sweep.yaml"
-    config.write_text(CONFIG.format(out=out, model=tiny_model_dir, repeats=40, gen=8))
+    config.write_text(CONFIG.format(out=out, model=tiny_model_dir, repeats=60, gen=8, prompts=[4, 8, 12, 16]))
     proc = _sweep(config, head.address)
     _wait_for_rows(out, 1, proc=proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver; Ray ends its actors, their workers die with them
@@ -127,7 +129,7 @@ def test_a_killed_driver_resumes_with_every_cell_exactly_once(cluster, tmp_path,
     rows = _rows(out)
     assert len(rows) == 4 and len({r["cell_key"] for r in rows}) == 4 and all(r["status"] == "ok" for r in rows)
     assert [r for r in rows if r["cell_key"] in {b["cell_key"] for b in before}] == before  # kept, not re-run
-    assert "served by" in resumed.stdout
+    assert "Measured on a Ray cluster" in resumed.stdout
 
 
 def test_each_node_placement_measures_every_cell_per_machine_type(cluster, tmp_path, tiny_model_dir):
@@ -135,7 +137,7 @@ def test_each_node_placement_measures_every_cell_per_machine_type(cluster, tmp_p
     head, _ = cluster
     out = tmp_path / "out"
     config = tmp_path / "sweep.yaml"
-    text = CONFIG.format(out=out, model=tiny_model_dir, repeats=2, gen=3).replace("[4, 8, 12, 16]", "[4, 8]")
+    text = CONFIG.format(out=out, model=tiny_model_dir, repeats=2, gen=3, prompts=[4, 8])
     config.write_text(text + "ray: {placement: each-node, model_files: shared}\n")
     done = run_cli("sweep", str(config), "--address", head.address, timeout=180)
     assert done.returncode == 0, done.stderr
@@ -147,7 +149,7 @@ def test_each_node_placement_measures_every_cell_per_machine_type(cluster, tmp_p
 
 def test_no_cluster_at_the_address_is_one_line(tmp_path, tiny_model_dir):
     config = tmp_path / "sweep.yaml"
-    config.write_text(CONFIG.format(out=tmp_path / "out", model=tiny_model_dir, repeats=1, gen=1))
+    config.write_text(CONFIG.format(out=tmp_path / "out", model=tiny_model_dir, repeats=1, gen=1, prompts=[4]))
     done = run_cli("sweep", str(config), "--address", "127.0.0.1:1", timeout=120)
     assert done.returncode == 2 and "cannot reach a Ray cluster at '127.0.0.1:1'" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
@@ -162,7 +164,7 @@ def test_no_cluster_at_the_address_is_one_line(tmp_path, tiny_model_dir):
 )
 def test_bad_executor_arguments_are_one_line(tmp_path, tiny_model_dir, args, message):
     config = tmp_path / "sweep.yaml"
-    config.write_text(CONFIG.format(out=tmp_path / "out", model=tiny_model_dir, repeats=1, gen=1))
+    config.write_text(CONFIG.format(out=tmp_path / "out", model=tiny_model_dir, repeats=1, gen=1, prompts=[4]))
     done = run_cli("sweep", str(config), *args)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
 

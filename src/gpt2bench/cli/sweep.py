@@ -164,14 +164,14 @@ def _run_with_progress(run: SweepRun, console: Console) -> None:
 
 def _report(run: SweepRun, console: Console) -> None:
     """What finished and what failed; exit 1 when anything did."""
+    from gpt2bench.report.rows import cluster_line
+
     rows = run.store.rows
     failed = [r for r in rows if r.get("status") != "ok"]
     say = console.print
     say(f"{len(rows) - len(failed)} cells ok, {len(failed)} failed; results in {run.spec.output}")
-    if run.spec.cluster.executor == "ray":
-        from gpt2bench.sweep.cluster import served_by
-
-        say(served_by(rows))
+    if served := cluster_line(run.store.meta, [r for r in rows if r.get("status") == "ok"]):
+        say(served, markup=False)
     for row in failed:
         say(
             f"  failed: {row['label']} prompt={row['prompt_len']} gen={row['gen_len']} "

@@ -19,7 +19,27 @@ MAX_OTHER_CPU = 0.10  # the share of the machine other processes may take before
 
 
 def ok_rows(doc: dict[str, Any]) -> list[Row]:
-    return [r for r in doc["rows"] if r.get("status") == "ok"]
+    """The rows that measured something, each labelled with its machine when they span several
+    (a cluster sweep's nodes), so a figure never draws two machines' numbers as one line."""
+    rows = [r for r in doc["rows"] if r.get("status") == "ok"]
+    if len(machines(rows)) < 2:
+        return rows
+    return [{**r, "label": f"{r['label']} [{str(r.get('machine'))[:6]}]"} for r in rows]
+
+
+def machines(rows: list[Row]) -> list[str]:
+    """The CPU fingerprints (machine/sysinfo.cpu_fingerprint) the rows were measured on."""
+    return list(dict.fromkeys(r["machine"] for r in rows if r.get("machine")))
+
+
+def cluster_line(doc: dict[str, Any], rows: list[Row]) -> str | None:
+    """How many nodes and machines a cluster sweep's rows came from, each machine by its CPU."""
+    nodes = {r["node"] for r in rows if r.get("node")}
+    if not nodes:
+        return None
+    cpus = {n.get("machine"): n.get("cpu_model") for n in (doc.get("cluster") or {}).get("nodes", [])}
+    kinds = ", ".join(f"`{m[:6]}` {cpus.get(m) or '?'}" for m in machines(rows))
+    return f"Measured on a Ray cluster: {len(nodes)} node(s), {len(machines(rows))} machine type(s) ({kinds})."
 
 
 def run_warnings(doc: dict[str, Any]) -> dict[str, list[str]]:

@@ -12,6 +12,7 @@ from gpt2bench.report.rows import (
     Row,
     busy,
     cell_rows,
+    cluster_line,
     half_ci,
     headline_cell,
     quality_rows,
@@ -37,6 +38,8 @@ def summary_markdown(doc: dict[str, Any], rows: list[Row], figures: list[str]) -
         f"{env.get('gpt2bench_version', '?')} at {(env.get('git') or {}).get('commit')}.",
         "",
     ]
+    if served := cluster_line(doc, rows):
+        lines += [served, ""]
     if combined := doc.get("combined"):
         lines += [
             f"Combined from {combined['folders']} results folders (commits {', '.join(combined['commits'])}); "

@@ -285,11 +285,3 @@ def _fail_stranded(run: SweepRun, jobs: list[Job]) -> None:
         for cell in job.cells:
             why = job.retried.get(cell, "its node was lost")
             run.fail(job.backend, cell, f"{why}; no other node left to retry on", job.node_type)
-
-
-def served_by(rows: list[dict[str, Any]]) -> str:
-    """How many nodes and machine types measured `rows`, for the sweep's last line."""
-    nodes = {r["node"] for r in rows if r.get("node")}
-    machines = {r["machine"] for r in rows if r.get("machine")}
-    return f"served by {len(nodes)} node(s) of {len(machines)} machine type(s)"
-
