@@ -142,6 +142,10 @@ def test_runs_on_different_cpus_are_flagged():
     assert "model 17; avx2 avx512_bf16" in note and "model 1; avx2 fma" in note
     # A baseline that predates the CPU record names only the model: flagged, since nothing says it matches.
     assert machine_note({"environment": {"cpu_model": "AMD EPYC"}}, {"environment": zen3}) is not None
+    # A cluster sweep's rows carry their machines: rows of two machines are flagged, whatever the driver ran on.
+    spread = {"environment": zen3, "rows": [{"status": "ok", "machine": m} for m in ("aaaa", "bbbb")]}
+    note = machine_note({"environment": zen3}, spread)
+    assert note is not None and "the new run ran on 2 machines (a cluster sweep)" in note
 
 
 def test_smallest_p_is_the_exact_test_on_fully_separated_samples():
