@@ -23,7 +23,7 @@ from gpt2bench.core.errors import UsageError
 from gpt2bench.machine.sysinfo import cpu_label
 from gpt2bench.measure.row import IDENTITY_FIELDS, identity
 from gpt2bench.report.collect import read_results
-from gpt2bench.report.rows import machines, ok_rows
+from gpt2bench.report.rows import machines
 
 # metric -> True when lower is better
 SPEED_METRICS = {"tpot_ms": True, "ttft_ms": True, "e2e_ms": True, "decode_tps": False, "overall_tps": False}
@@ -278,7 +278,7 @@ def machine_note(baseline: dict[str, Any], new: dict[str, Any]) -> str | None:
     spans = [
         f"the {side} ran on {n} machines (a cluster sweep): its cells were paired whichever node measured them"
         for side, doc in (("baseline", baseline), ("new run", new))
-        if (n := len(machines(ok_rows(doc)))) > 1
+        if (n := len(machines(doc.get("rows") or []))) > 1
     ]
     if spans:  # a cluster's driver's environment is not its nodes': the rows say where they ran
         return "note: " + "; ".join(spans)
