@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from gpt2bench.cli import machine, report, run, sweep
+from gpt2bench.cli import machine, report, run, serve, sweep
 from gpt2bench.core.errors import BenchError
 from gpt2bench.core.progress import quiet_libraries
 
@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 app.command()(run.run)
 app.command()(sweep.sweep)
+app.command()(serve.serve)
+app.command()(serve.load)
 app.command()(report.plot)
 app.command(epilog=report.COMPARE_EPILOG)(report.compare)
 app.command()(machine.env)

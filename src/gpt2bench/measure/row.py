@@ -122,6 +122,14 @@ COLUMNS = IDENTITY_COLUMNS + MEASURE_COLUMNS + QUALITY_COLUMNS + ROOFLINE_COLUMN
 ROW_DETAILS = ("compile_cache", "async_scheduling", "cuda_use_tf32")
 
 
+# Identity fields most rows lack: a row without one keeps the key it had before the field existed.
+OPTIONAL_IDENTITY = (
+    "node_type",  # set only when a cluster sweep measures each cell once per machine type
+    "scenario",  # "serve" for a load test (gpt2bench load); absent for one stream of requests
+    "request_rate",  # a load test's offered rate (requests/s; inf = all at once)
+    "burstiness",
+    "max_concurrency",
+)
 # What makes two rows one configuration measured: the engine and its settings, the weights, the
 # threads, the sampling and the cell. Not when, how often (warm-up, repeats) or by which run.
 IDENTITY_FIELDS = (
@@ -135,7 +143,7 @@ IDENTITY_FIELDS = (
     "prompt_len",
     "gen_len",
     "batch_size",
-    "node_type",  # absent (None) unless a cluster sweep measures each cell once per machine type
+    *OPTIONAL_IDENTITY,
 )
 # Options that say how cached artifacts are prepared (export the ONNX files again), not what is
 # measured: a run with rebuild=true measured the same configuration as one without.
@@ -170,8 +178,9 @@ def identity(row: Mapping[str, Any]) -> dict[str, str]:
 def config_key(row: Mapping[str, Any]) -> str:
     """`identity` as a short hash: the row's `cell_key` column, what --resume skips and a store replaces."""
     fields = identity(row)
-    if fields["node_type"] == "None":  # a row of one machine keeps the key it had before node_type existed
-        del fields["node_type"]
+    for name in OPTIONAL_IDENTITY:  # absent: the row keeps the key it had before these fields existed
+        if fields[name] == "None":
+            del fields[name]
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -18,6 +18,7 @@ from gpt2bench.core.errors import BenchError
 from gpt2bench.core.fsutil import check_writable
 from gpt2bench.machine.sysinfo import cpu_label
 from gpt2bench.report.collect import read_results
+from gpt2bench.report.plot_serving import fig_goodput, fig_latency_vs_throughput, serve_rows, serving_markdown
 from gpt2bench.report.rows import (
     MAX_OTHER_CPU,
     RANDOM_STAMP,
@@ -233,19 +234,24 @@ def fig_speed_quality(doc: dict[str, Any], rows: list[Row]) -> Figure | None:
 
 
 def build_figures(doc: dict[str, Any]) -> dict[str, Figure]:
-    rows = ok_rows(doc)
-    if not rows:
+    rows, serving = ok_rows(doc), serve_rows(doc)
+    if not rows and not serving:
         raise BenchError(
             "every cell failed, so there is nothing to plot: each failed row's error is in results.json "
             "(status 'failed', error)"
         )
     candidates = {
-        "e2e_headline.png": fig_headline(doc, rows),
-        "perplexity.png": fig_perplexity(doc, rows),
-        "time_vs_prompt.png": fig_time_vs_prompt(doc, rows),
-        "ttft_and_throughput.png": fig_ttft_and_throughput(doc, rows),
-        "speed_vs_quality.png": fig_speed_quality(doc, rows),
+        "latency_vs_throughput.png": fig_latency_vs_throughput(serving),
+        "goodput_vs_rate.png": fig_goodput(serving),
     }
+    if rows:
+        candidates |= {
+            "e2e_headline.png": fig_headline(doc, rows),
+            "perplexity.png": fig_perplexity(doc, rows),
+            "time_vs_prompt.png": fig_time_vs_prompt(doc, rows),
+            "ttft_and_throughput.png": fig_ttft_and_throughput(doc, rows),
+            "speed_vs_quality.png": fig_speed_quality(doc, rows),
+        }
     return {name: fig for name, fig in candidates.items() if fig is not None}
 
 
@@ -265,5 +271,7 @@ def plot(folder: Path, out: Path | None = None, model: str | None = None) -> lis
         plt.close(fig)
         written.append(out / name)
     summary = out / "summary.md"
-    summary.write_text(summary_markdown(doc, ok_rows(doc), list(figures)))
+    rows = ok_rows(doc)
+    text = summary_markdown(doc, rows, list(figures)) if rows else ""
+    summary.write_text(text + "\n".join(serving_markdown(serve_rows(doc))))
     return [*written, summary]

@@ -19,9 +19,10 @@ MAX_OTHER_CPU = 0.10  # the share of the machine other processes may take before
 
 
 def ok_rows(doc: dict[str, Any]) -> list[Row]:
-    """The rows that measured something, each labelled with its machine when they span several
-    (a cluster sweep's nodes), so a figure never draws two machines' numbers as one line."""
-    rows = [r for r in doc.get("rows") or [] if r.get("status") == "ok"]
+    """The rows that measured one stream of requests (load tests are plot_serving.py's), each
+    labelled with its machine when they span several (a cluster sweep's nodes), so a figure never
+    draws two machines' numbers as one line."""
+    rows = [r for r in doc.get("rows") or [] if r.get("status") == "ok" and not r.get("scenario")]
     if len(machines(rows)) < 2:
         return rows
     return [{**r, "label": f"{r['label']} [{str(r.get('machine'))[:6]}]"} for r in rows]

@@ -108,7 +108,7 @@ def read_document(folder: Path, required: tuple[str, ...] = ()) -> dict[str, Any
     rows = doc.get("rows")
     if not isinstance(rows, list) or not rows:
         raise BenchError(f"'{path}' holds no result rows")
-    ok = [row for row in rows if isinstance(row, dict) and row.get("status") == "ok"]
+    ok = [row for row in rows if isinstance(row, dict) and row.get("status") == "ok" and not row.get("scenario")]
     for column in required:  # failed rows have no timings; with no ok row the caller says so
         if ok and not any(column in row for row in ok):
             raise BenchError(f"'{path}' lacks the column '{column}'")
