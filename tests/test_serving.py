@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import shutil
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -302,3 +303,99 @@ def test_a_server_that_is_not_openai_is_named(tmp_path):
     finally:
         server.shutdown()
     assert done.returncode == 2 and "is not an OpenAI-compatible server" in done.stderr
+
+
+def test_load_against_vllms_own_server(tmp_path, tiny_model_dir):
+    """vLLM's OpenAI server (continuous batching) started, loaded and stopped by `load`: ~1-2 min,
+    most of it vLLM compiling its graphs."""
+    pytest.importorskip("vllm")
+    done = run_cli(
+        "load", "--backend", "vllm", "--model", str(tiny_model_dir), "--request-rate", "inf",
+        "--num-requests", "8", "--prompt-len", "8", "--gen-len", "6", "--threads", "1", "--output", str(tmp_path),
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    (row,) = json.loads((folder / "results.json").read_text())["rows"]
+    assert row["completed"] == 8 and row["batch_size"] == 0 and row["peak_concurrency"] == 8
+    assert math.isclose(row["output_tps"] * row["duration_s"], 8 * 6)  # vLLM's token_ids, counted exactly
+    assert row["tpot_ms_median"] is not None
+
+
+def _load_in_background(tmp_path, model_dir, *more):
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "gpt2bench", "load", "--backend", "hf-eager", "--model", str(model_dir),
+         "--prompt-len", "8", "--gen-len", "6", "--threads", "1", "--output", str(tmp_path), *more],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _servers_of(model_dir) -> list[int]:
+    import subprocess
+
+    found = subprocess.run(["pgrep", "-f", f"gpt2bench serve .*{model_dir}"], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def _kill(proc, model_dir) -> None:
+    """Whatever a failed test left running: the load process and its server."""
+    import os
+    import signal
+
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pid in _servers_of(model_dir):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _wait_for(condition, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def test_ctrl_c_stops_the_server_load_started(tmp_path, tiny_model_dir):
+    import signal
+
+    model = tmp_path / "model-ctrl-c"  # a path of its own: pgrep finds this test's server only
+    shutil.copytree(tiny_model_dir, model)
+    proc = _load_in_background(tmp_path, model, "--request-rate", "1", "--num-requests", "200")
+    try:
+        _wait_for(lambda: _servers_of(model))
+        time.sleep(3)  # inside the rate
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and "interrupted; 0 finished rate(s) are saved" in stderr
+        _wait_for(lambda: not _servers_of(model), timeout=30)
+    finally:
+        _kill(proc, model)
+
+
+def test_a_server_that_dies_mid_run_ends_the_test_with_a_clear_error_and_keeps_the_rates_before(
+    tmp_path, tiny_model_dir
+):
+    import os
+    import signal
+
+    model = tmp_path / "model-dies"
+    shutil.copytree(tiny_model_dir, model)
+    proc = _load_in_background(tmp_path, model, "--request-rate", "20,2", "--num-requests", "12")
+    results = lambda: next(tmp_path.glob("*/results.json"), None)  # noqa: E731
+    try:
+        _wait_for(lambda: results() and json.loads(results().read_text())["rows"])  # the first rate is saved
+        for pid in _servers_of(model):
+            os.kill(pid, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        _kill(proc, model)
+    assert proc.returncode == 1 and "the server exited with code -9" in stderr, stderr
+    rows = json.loads(results().read_text())["rows"]
+    assert rows[0]["status"] == "ok" and rows[0]["completed"] == 12
+    assert rows[1]["status"] == "failed" and "exited" in rows[1]["error"]

@@ -97,6 +97,7 @@ def load(
     dtype: Dtype = "fp32",
     option: BackendOptions = None,
     seed: Annotated[int, typer.Option(help="Seed of the arrival times.")] = 0,
+    duration: Annotated[float, typer.Option(help="Stop sending a rate's requests after this many seconds.")] = 600.0,
     output: Output = Path("results"),
 ) -> None:
     """Load-test a backend or an endpoint with open-loop arrivals; a row per rate in the results."""
@@ -104,8 +105,10 @@ def load(
 
     if (backend is None) == (url is None):
         raise UsageError("give --backend (a server started here) or --url (an endpoint already running), not both")
+    if not duration > 0:
+        raise UsageError("--duration must be > 0 seconds")
     spec = LoadSpec(parse_rates(request_rate), num_requests, prompt_len, gen_len, parse_slo(slo), warmup_requests,
-                    burstiness, max_concurrency, seed, find_max_rate=find_max_rate)  # fmt: skip
+                    burstiness, max_concurrency, seed, duration, find_max_rate)  # fmt: skip
     threads = threads_or_default(threads)
     options = parse_options(option)
     if url is not None:
@@ -171,12 +174,16 @@ def _measure(
         store.add({**row, "run_id": run_id}, {})
         _say_rate(row)
 
-    if server is None:
-        rows = run_load(spec, target, str(url), tokenizer, n_positions, save)
-    else:
-        print(f"starting the {target.backend} server on 127.0.0.1 ...", file=sys.stderr)
-        with running(server) as started:
-            rows = run_load(spec, target, started, tokenizer, n_positions, save, server.died)
+    try:
+        if server is None:
+            rows = run_load(spec, target, str(url), tokenizer, n_positions, save)
+        else:
+            print(f"starting the {target.backend} server on 127.0.0.1 ...", file=sys.stderr)
+            with running(server) as started:  # stopped however this ends, Ctrl-C too
+                rows = run_load(spec, target, started, tokenizer, n_positions, save, server.died)
+    except KeyboardInterrupt:
+        print(f"interrupted; {len(store.rows)} finished rate(s) are saved in {store.folder}", file=sys.stderr)
+        sys.exit(130)
     best = max_rate_within_slo(rows)
     within = f"{best:g} requests/s" if best is not None else "no rate measured"
     print(f"highest rate within the SLOs ({spec.slo.label() or 'none given'}): {within}; results: {store.folder}")

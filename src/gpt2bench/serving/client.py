@@ -118,7 +118,7 @@ async def run_rate(plan: LoadPlan) -> list[RequestRecord]:
         start = time.perf_counter()
         tasks = []
         for i, offset in enumerate(offsets):
-            if offset > plan.max_send_s:
+            if offset > plan.max_send_s or time.perf_counter() - start > plan.max_send_s:
                 break
             delay = start + offset - time.perf_counter()
             if delay > 0:
