@@ -55,7 +55,8 @@ def test_rate_figures_goodput_and_peak_concurrency():
     assert math.isclose(figures["output_tps"], 15 / duration)
     assert math.isclose(figures["goodput"], 2 / duration)  # the second request's TTFT (300 ms) misses its SLO
     assert math.isclose(figures["ttft_ms_median"], 100.0) and math.isclose(figures["tpot_ms_median"], 10.0)
-    assert figures["errors"] == ["HTTP 500"] and not meets_slo(figures)
+    assert figures["errors"] == ["HTTP 500"] and math.isclose(figures["slo_attainment"], 2 / 4)
+    assert meets_slo(figures, 0.5) and not meets_slo(figures, 0.9)
     # In flight: [0, 0.14], [0.5, 1.0], [1.0, 1.14], [1.2, 1.3]: an end and a send at 1.0 are not two at once.
     assert peak_concurrency(records) == 1
     assert peak_concurrency([RequestRecord(0.0, ended=2.0), RequestRecord(1.0, ended=3.0)]) == 2
@@ -72,12 +73,11 @@ def test_arrivals_are_poisson_at_the_rate_and_all_at_once_for_inf():
 
 def test_max_rate_search_bisects_between_the_best_good_and_the_first_bad_rate():
     assert next_rate({1.0: True, 2.0: True, 4.0: False}) == 3.0
-    assert next_rate({1.0: True, 2.0: True}) is None and next_rate({1.0: False}) is None
+    assert next_rate({1.0: True, 2.0: True}) is None and next_rate({1.0: False}) == 0.5
     assert next_rate({1.0: True, math.inf: False}) == 2.0
 
     def measure(rate):  # a server that keeps up to 5 requests/s
-        ok = rate <= 5
-        return {"failed": 0, "goodput": 1.0 if ok else 0.5, "request_throughput": 1.0}
+        return {"slo_attainment": 1.0 if rate <= 5 else 0.5}
 
     spec = LoadSpec([2.0, 8.0], 10, 4, 4, Slo(), find_max_rate=True)
     tried = [f.get("searched", False) for f in rates_to_run(spec, measure)]
@@ -260,7 +260,7 @@ def test_load_against_a_server_it_starts_counts_every_token(tmp_path, tiny_model
         assert row["scenario"] == "serve" and row["completed"] == 12 and row["failed"] == 0
         assert math.isclose(row["output_tps"] * row["duration_s"], 12 * 6)  # exact token counts
         assert row["client_overhead_ttft_ms_median"] > 0 and row["backend"] == backend
-    assert "highest rate within the SLOs (ttft=5000,tpot=1000): 8 requests/s" in done.stdout
+    assert "highest rate within the SLOs (ttft=5000,tpot=1000, 90% of requests): 8 requests/s" in done.stdout
     plotted = run_cli("plot", str(folder))
     assert plotted.returncode == 0, plotted.stderr
     assert (folder / "goodput_vs_rate.png").is_file() and "Load tests" in (folder / "summary.md").read_text()

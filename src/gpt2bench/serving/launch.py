@@ -30,11 +30,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _terminate_with_parent() -> None:
+    """In the server's process, before it starts: SIGTERM when the load test that started it dies,
+    however it dies (a SIGKILL has no cleanup), so no server is left serving nobody. Linux only."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 class ServerProcess:
     """A server child process; `url` once it answers /health. `died()` says why it is gone."""
 
     def __init__(self, command: list[str], env: dict[str, str] | None = None, url: str | None = None) -> None:
         self.url = url or ""
+        self.ready = False
         self.tail: deque[str] = deque(maxlen=30)
         self.proc = subprocess.Popen(
             command,
@@ -43,14 +53,19 @@ class ServerProcess:
             text=True,
             env={**os.environ, **(env or {})},
             start_new_session=True,  # a Ctrl-C reaches us, and we stop it: never half of its processes
+            preexec_fn=_terminate_with_parent,
         )
         self.reader = Thread(target=self._read, daemon=True)
         self.reader.start()
 
     def _read(self) -> None:
+        """Its output: kept for the message if it dies, and shown until it is ready (an export or
+        an engine's compile takes minutes the first time, and says so)."""
         for line in self.proc.stdout:  # type: ignore[union-attr]
             if line.startswith(LISTENING) and not self.url:
                 self.url = line[len(LISTENING) :].strip()
+            elif not self.ready and line.strip():
+                print(f"  server: {line.rstrip()}", file=sys.stderr, flush=True)
             self.tail.append(line.rstrip())
 
     def died(self) -> str | None:
@@ -70,6 +85,7 @@ class ServerProcess:
             if self.url:
                 with contextlib.suppress(httpx.HTTPError):
                     if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                        self.ready = True
                         return self.url
             time.sleep(0.5)
         self.stop()

@@ -36,6 +36,7 @@ class LoadSpec:
     seed: int = 0
     max_send_s: float = 600.0
     find_max_rate: bool = False
+    attainment: float = 0.9  # the share of requests within the SLOs a rate must reach to meet them
 
     def validate(self, n_positions: int) -> None:
         if not self.rates or any(not r > 0 for r in self.rates):
@@ -47,6 +48,8 @@ class LoadSpec:
             raise UsageError(f"prompt-len + gen-len = {total} exceeds the model's {n_positions}-token context")
         if not self.burstiness > 0 or (self.max_concurrency is not None and self.max_concurrency < 1):
             raise UsageError("--burstiness must be > 0 and --max-concurrency at least 1")
+        if not 0 < self.attainment <= 1:
+            raise UsageError("--attainment must be in (0, 1]: the share of requests within the SLOs")
 
 
 def distinct_prompts(tokenizer: Any, count: int, length: int) -> list[list[int]]:
@@ -103,19 +106,24 @@ def client_overhead(spec: LoadSpec, tokenizer: Any, n_positions: int) -> dict[st
 
 def next_rate(results: dict[float, bool]) -> float | None:
     """--find-max-rate: the midpoint between the highest rate that met the SLOs and the lowest
-    above it that did not; None when there is no such bracket (all met, or none did)."""
+    above it that did not (twice the highest when only inf failed above it); half the lowest rate
+    when none met them; None when all did."""
     good = [r for r, ok in results.items() if ok and math.isfinite(r)]
     bad = [r for r, ok in results.items() if not ok and (not good or r > max(good))]
-    if not good or not bad:
+    if not bad:
         return None
     high = min(bad)
+    if not good:
+        return high / 2 if math.isfinite(high) else None
     low = max(good)
     return (low + high) / 2 if math.isfinite(high) else low * 2
 
 
-def meets_slo(figures: dict[str, Any]) -> bool:
-    """A rate meets its SLOs when every request completed and every completed one met them."""
-    return figures["failed"] == 0 and figures["goodput"] >= figures["request_throughput"] * (1 - 1e-9)
+def meets_slo(figures: dict[str, Any], attainment: float) -> bool:
+    """A rate meets its SLOs when at least `attainment` of its requests completed within them
+    (a failed request counts as a miss): with Poisson arrivals even a light load has bursts, and
+    "every request" would make one unlucky request the verdict."""
+    return figures["slo_attainment"] >= attainment
 
 
 def rates_to_run(spec: LoadSpec, measure: Callable[[float], dict[str, Any]]) -> list[dict[str, Any]]:
@@ -124,14 +132,14 @@ def rates_to_run(spec: LoadSpec, measure: Callable[[float], dict[str, Any]]) -> 
     for rate in spec.rates:
         figures = measure(rate)
         out.append(figures)
-        verdicts[rate] = meets_slo(figures)
+        verdicts[rate] = meets_slo(figures, spec.attainment)
     for _ in range(SEARCH_STEPS if spec.find_max_rate else 0):
         rate = next_rate(verdicts)
         if rate is None or rate in verdicts:
             break
         figures = {**measure(rate), "searched": True}
         out.append(figures)
-        verdicts[rate] = meets_slo(figures)
+        verdicts[rate] = meets_slo(figures, spec.attainment)
     return out
 
 
@@ -181,7 +189,8 @@ def serve_row(target: Target, spec: LoadSpec, rate: float, figures: dict[str, An
         "max_concurrency": spec.max_concurrency,
         **{k: v for k, v in figures.items() if k != "errors"},
         "request_errors": "; ".join(figures["errors"]),
-        "meets_slo": meets_slo(figures),
+        "meets_slo": meets_slo(figures, spec.attainment),
+        "slo_attainment_target": spec.attainment,
         **extra,
         "timestamp_utc": env["timestamp_utc"],
         "git_commit": env["git"]["commit"],

@@ -10,7 +10,8 @@ Per request (all times from the moment the client sent it, by the client's monot
 Per rate:
 - duration: from the first request sent to the last one ended.
 - request throughput: completed requests / duration; output tokens/s: their output tokens / duration.
-- goodput: completed requests within every SLO (TTFT and TPOT limits, when given) / duration.
+- goodput: completed requests within every SLO (TTFT and TPOT limits, when given) / duration;
+  SLO attainment: their share of all requests sent (a failed request is a miss).
 - peak concurrency: the most requests in flight at one moment.
 Output tokens are token ids counted from the response, never re-tokenized text.
 """
@@ -123,6 +124,7 @@ def summarize(records: list[RequestRecord], slo: Slo) -> dict[str, Any]:
         "request_throughput": per_s(len(done)),
         "output_tps": per_s(sum(r.output_tokens for r in done)),
         "goodput": per_s(sum(1 for r in done if slo.met(r))),
+        "slo_attainment": sum(1 for r in done if slo.met(r)) / len(records) if records else math.nan,
         "slo": slo.label(),
         "peak_concurrency": peak_concurrency(records),
         **_stats("ttft", [r.ttft_s() for r in done]),
