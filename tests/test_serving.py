@@ -72,9 +72,11 @@ def test_arrivals_are_poisson_at_the_rate_and_all_at_once_for_inf():
 
 
 def test_max_rate_search_bisects_between_the_best_good_and_the_first_bad_rate():
-    assert next_rate({1.0: True, 2.0: True, 4.0: False}) == 3.0
-    assert next_rate({1.0: True, 2.0: True}) is None and next_rate({1.0: False}) == 0.5
-    assert next_rate({1.0: True, math.inf: False}) == 2.0
+    assert next_rate({1.0: 1.0, 2.0: 0.95, 4.0: 0.3}, 0.9) == 3.0
+    assert next_rate({1.0: 1.0, 2.0: 0.95}, 0.9) is None and next_rate({1.0: 0.5}, 0.9) == 0.5
+    assert next_rate({1.0: 1.0, math.inf: 0.0}, 0.9) == 2.0
+    assert next_rate({0.5: 0.6, 1.0: 0.4}, 0.9) == 0.25  # halving helps: load is the cause
+    assert next_rate({0.5: 0.4, 1.0: 0.5}, 0.9) is None  # it did not: no lower rate will meet the SLOs
 
     def measure(rate):  # a server that keeps up to 5 requests/s
         return {"slo_attainment": 1.0 if rate <= 5 else 0.5}

@@ -104,19 +104,23 @@ def client_overhead(spec: LoadSpec, tokenizer: Any, n_positions: int) -> dict[st
     return {f"client_overhead_{k}": figures[f"{k}"] for k in ("ttft_ms_median", "itl_ms_median", "e2e_ms_median")}
 
 
-def next_rate(results: dict[float, bool]) -> float | None:
-    """--find-max-rate: the midpoint between the highest rate that met the SLOs and the lowest
-    above it that did not (twice the highest when only inf failed above it); half the lowest rate
-    when none met them; None when all did."""
-    good = [r for r, ok in results.items() if ok and math.isfinite(r)]
-    bad = [r for r, ok in results.items() if not ok and (not good or r > max(good))]
+def next_rate(attained: dict[float, float], target: float) -> float | None:
+    """--find-max-rate: the next rate to try, from each tried rate's SLO attainment. The midpoint
+    between the highest rate that met the target and the lowest above it that did not (twice the
+    highest when only inf failed above it). When none met it, half the lowest rate, unless halving
+    did not raise the attainment: then load is not what misses the SLOs (a TPOT limit below the
+    server's unloaded TPOT) and no lower rate will meet them. None when there is nothing to try."""
+    good = [r for r, a in attained.items() if a >= target and math.isfinite(r)]
+    bad = sorted(r for r, a in attained.items() if a < target and (not good or r > max(good)))
     if not bad:
         return None
-    high = min(bad)
-    if not good:
-        return high / 2 if math.isfinite(high) else None
-    low = max(good)
-    return (low + high) / 2 if math.isfinite(high) else low * 2
+    high = bad[0]
+    if good:
+        low = max(good)
+        return (low + high) / 2 if math.isfinite(high) else low * 2
+    if len(bad) > 1 and attained[bad[0]] <= attained[bad[1]]:
+        return None
+    return high / 2 if math.isfinite(high) else None
 
 
 def meets_slo(figures: dict[str, Any], attainment: float) -> bool:
@@ -128,18 +132,18 @@ def meets_slo(figures: dict[str, Any], attainment: float) -> bool:
 
 def rates_to_run(spec: LoadSpec, measure: Callable[[float], dict[str, Any]]) -> list[dict[str, Any]]:
     """The listed rates, then with --find-max-rate up to SEARCH_STEPS bisections; every rate's figures."""
-    out, verdicts = [], {}
+    out, attained = [], {}
     for rate in spec.rates:
         figures = measure(rate)
         out.append(figures)
-        verdicts[rate] = meets_slo(figures, spec.attainment)
+        attained[rate] = figures["slo_attainment"]
     for _ in range(SEARCH_STEPS if spec.find_max_rate else 0):
-        rate = next_rate(verdicts)
-        if rate is None or rate in verdicts:
+        rate = next_rate(attained, spec.attainment)
+        if rate is None or rate in attained:
             break
         figures = {**measure(rate), "searched": True}
         out.append(figures)
-        verdicts[rate] = meets_slo(figures, spec.attainment)
+        attained[rate] = figures["slo_attainment"]
     return out
 
 
