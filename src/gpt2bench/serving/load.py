@@ -88,16 +88,16 @@ def one_rate(spec: LoadSpec, url: str, model: str, prompts: list[list[int]], rat
     return summarize(asyncio.run(run_rate(plan)), spec.slo)
 
 
-def client_overhead(spec: LoadSpec, tokenizer: Any, n_positions: int) -> dict[str, Any]:
-    """The load test's own figures against a server that does no work, at the highest finite rate
-    asked for: what the client, HTTP and the server framework alone cost on this machine."""
+def client_overhead(spec: LoadSpec, prompts: list[list[int]], tokenizer: Any, n_positions: int) -> dict[str, Any]:
+    """The load test's own figures (up to 20 of its prompts) against a server that does no work, at
+    the highest finite rate asked for: what the client, HTTP and the server framework alone cost on
+    this machine. The server runs on a thread of this process, so it shares the client's GIL."""
     from gpt2bench.serving.nowork import NoWork
     from gpt2bench.serving.serve import BackgroundServer
     from gpt2bench.serving.server import ModelFacts
 
     finite = [r for r in spec.rates if math.isfinite(r)]
     rate = max(finite) if finite else 10.0
-    prompts = distinct_prompts(tokenizer, min(spec.num_requests, 20) + spec.warmup, spec.prompt_len)
     quick = replace(spec, num_requests=min(spec.num_requests, 20))
     with BackgroundServer(NoWork(), tokenizer, ModelFacts("no-work", n_positions, 50257)) as server:
         figures = one_rate(quick, server.url, "no-work", prompts, rate)
@@ -219,7 +219,7 @@ def run_load(
     spec.validate(n_positions)
     model = endpoint_model(url)
     prompts = distinct_prompts(tokenizer, spec.num_requests + spec.warmup, spec.prompt_len)
-    extra = {"served_model": model, **client_overhead(spec, tokenizer, n_positions)}
+    extra = {"served_model": model, **client_overhead(spec, prompts, tokenizer, n_positions)}
     rows: list[dict[str, Any]] = []
 
     def measure(rate: float) -> dict[str, Any]:

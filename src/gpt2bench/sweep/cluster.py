@@ -12,6 +12,7 @@ Ray is the `ray` extra, imported only here and on the nodes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,6 +101,12 @@ def model_files(ray: Any, run: SweepRun) -> dict[str, Any] | None:
     return {"reference": run.model.reference, "hash": run.model.weights_hash, "packed": [packed]}
 
 
+@functools.cache
+def _actor_class(ray: Any) -> Any:
+    """NodeRunner as a Ray actor class, made once: each ray.remote() exports the class again."""
+    return ray.remote(NodeRunner)
+
+
 class NodeWorker:
     """sweep/process.Worker's interface over a NodeRunner actor on one node: measure_cells drives
     it as it drives a local worker. `retried` maps a cell to why its first attempt failed."""
@@ -108,8 +115,7 @@ class NodeWorker:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self.ray, self.node, self.retried = ray, node, {}
-        actor_class = ray.remote(NodeRunner)
-        self.actor = actor_class.options(
+        self.actor = _actor_class(ray).options(
             resources={NODE_RESOURCE: 1},
             num_cpus=0,  # the node resource is the reservation; the CPUs are the worker's to use
             max_restarts=0,

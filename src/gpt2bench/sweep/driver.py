@@ -58,11 +58,9 @@ class SweepRun:
         if label is not None:
             self.on_cell(label)
 
-    def fail(
-        self, backend: BackendConfig, cell: Cell, error: str, node_type: str | None = None, **extra: Any
-    ) -> None:
+    def fail(self, backend: BackendConfig, cell: Cell, error: str, node_type: str | None = None) -> None:
         row = failed_row(self.cell_spec(backend, cell), self.model, self.run_id, error, backend.label)
-        self.save({**on_machine(row, node_type), **extra}, {}, backend.display())
+        self.save(on_machine(row, node_type), {}, backend.display())
 
     def worker(self, backend: BackendConfig) -> Worker:
         return Worker(self.cell_spec(backend, self.spec.cells[0]), self.run_id)
