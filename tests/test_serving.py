@@ -133,7 +133,8 @@ def test_the_client_timestamps_each_chunk_and_counts_its_token_ids(scripted_url)
     for r in records:
         assert 0.08 <= r.ttft_s() < 0.08 + 0.15
         gaps = r.itl_s()
-        assert len(gaps) == 3 and gaps[1] == 0.0 and all(g >= 0.04 for g in (gaps[0], gaps[2]))
+        # 40 ms between writes; a chunk read a little late shortens the gap after it (39.96 ms seen in CI).
+        assert len(gaps) == 3 and gaps[1] == 0.0 and all(g >= 0.03 for g in (gaps[0], gaps[2]))
     assert summarize(records, Slo(ttft_ms=50))["goodput"] == 0.0  # every TTFT is over 80 ms
     assert summarize(records, Slo(ttft_ms=1000))["goodput"] > 0
 
