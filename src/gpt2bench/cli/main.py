@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from gpt2bench.cli import machine, report, run, serve, sweep
+from gpt2bench.cli import ab, machine, report, run, serve, sweep
 from gpt2bench.core.errors import BenchError
 from gpt2bench.core.progress import quiet_libraries
 
@@ -27,6 +27,7 @@ app.command()(serve.serve)
 app.command()(serve.load)
 app.command()(report.plot)
 app.command(epilog=report.COMPARE_EPILOG)(report.compare)
+app.command(epilog=ab.AB_EPILOG)(ab.ab)
 app.command()(machine.env)
 app.command()(run.coldstart)
 app.command(epilog=run.PROFILE_EPILOG)(run.profile)

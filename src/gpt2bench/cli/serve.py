@@ -93,9 +93,7 @@ def load(
     max_concurrency: Annotated[int | None, typer.Option(help="Requests in flight at most.")] = None,
     slo: Annotated[str | None, typer.Option(help="Limits for goodput, ms: ttft=500,tpot=50.")] = None,
     find_max_rate: Annotated[bool, typer.Option(help="Bisect for the highest rate within the SLOs.")] = False,
-    attainment: Annotated[
-        float, typer.Option(help="Share of requests within the SLOs for a rate to meet them.")
-    ] = 0.9,
+    attainment: Annotated[float, typer.Option(help="Share of requests within the SLOs for a rate to meet them.")] = 0.9,
     max_batch: MaxBatch = 1,
     threads: Threads = None,
     dtype: Dtype = "fp32",

@@ -115,12 +115,16 @@ class NodeWorker:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self.ray, self.node, self.retried = ray, node, {}
-        self.actor = _actor_class(ray).options(
-            resources={NODE_RESOURCE: 1},
-            num_cpus=0,  # the node resource is the reservation; the CPUs are the worker's to use
-            max_restarts=0,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node["node_id"], soft=False),
-        ).remote()
+        self.actor = (
+            _actor_class(ray)
+            .options(
+                resources={NODE_RESOURCE: 1},
+                num_cpus=0,  # the node resource is the reservation; the CPUs are the worker's to use
+                max_restarts=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["node_id"], soft=False),
+            )
+            .remote()
+        )
         session = run.cell_spec(backend, run.spec.cells[0]).to_json()
         self.pending = self.actor.start.remote(session, run.run_id, model, run.spec.cell_timeout_s)
 
@@ -179,9 +183,7 @@ def chunks(cells: list[Cell], parts: int) -> list[list[Cell]]:
 def plan_jobs(run: SweepRun, nodes: list[dict[str, Any]]) -> list[Job]:
     """spread: every backend's missing cells, split so the nodes have work each; each-node: the
     same for each machine type, its cells keyed by that type."""
-    types: list[str | None] = (
-        list(dict.fromkeys(n["machine"] for n in nodes)) if run.spec.by_machine() else [None]
-    )
+    types: list[str | None] = list(dict.fromkeys(n["machine"] for n in nodes)) if run.spec.by_machine() else [None]
     jobs = []
     for node_type in types:
         todo = [(b, cells) for b, cells in plan(run, node_type) if cells]

@@ -17,6 +17,7 @@ cell_timeout_s: 1800
 quality: {enabled: false, window: null, stride: null, max_windows: 4, eval_text: null}
 executor: local               # local (this machine) | ray (a Ray cluster, one cell's worker per node)
 ray: {address: auto, placement: spread, model_files: ship}   # see ClusterConfig
+ab: {rounds: 40, threshold: 0.05}   # gpt2bench ab only: see sweep/ab_config.py
 backends:
   - name: hf-eager
   - {name: static-kv, dtype: bf16, options: {compile_mode: default}, label: static-kv-bf16}
@@ -35,6 +36,7 @@ from gpt2bench.core.errors import UsageError
 from gpt2bench.core.paths import DEFAULT_TEXT
 from gpt2bench.measure.row import label
 from gpt2bench.measure.spec import DEVICES, QualitySettings, RunSpec
+from gpt2bench.sweep.ab_config import AbSettings, parse_ab
 from gpt2bench.sweep.yaml_nodes import (
     _fail,
     _int_list,
@@ -63,6 +65,7 @@ TOP_KEYS = {
     "quality",
     "executor",
     "ray",
+    "ab",
     "backends",
 }
 BACKEND_KEYS = {"name", "dtype", "options", "label"}
@@ -138,6 +141,7 @@ class SweepSpec:
     cell_timeout_s: float = 1800.0
     quality: QualityConfig = field(default_factory=QualityConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    ab: AbSettings = field(default_factory=AbSettings)  # read by gpt2bench ab only
     source: str = ""
     notes: tuple[str, ...] = ()  # what the config said that was read differently (a cell listed twice)
 
@@ -238,6 +242,7 @@ def load_sweep(path: Path) -> SweepSpec:
         cell_timeout_s=_positive_seconds(src, get("cell_timeout_s")) if "cell_timeout_s" in top else 1800.0,
         quality=_quality(src, top["quality"]) if "quality" in top else QualityConfig(),
         cluster=_cluster(src, top),
+        ab=parse_ab(src, top["ab"]) if "ab" in top else AbSettings(),
         source=src,
         notes=tuple(notes),
     )

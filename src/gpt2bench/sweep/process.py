@@ -61,16 +61,26 @@ def drain(lines: Iterable[str], tail: collections.deque[str]) -> None:
 class Worker:
     """A worker process (sweep/worker.py) for one backend: it loads the backend of `session`, the
     RunSpec whose engine settings every later request shares, then measures request by request.
-    `model_at` (reference, folder): load the model from that folder (a cluster node's copy)."""
+    `model_at` (reference, folder): load the model from that folder (a cluster node's copy).
+    `env`: the worker's whole environment (an A/B side's: its own source first on PYTHONPATH)."""
 
-    def __init__(self, session: RunSpec, run_id: str, model_at: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        session: RunSpec,
+        run_id: str,
+        model_at: tuple[str, str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gpt2bench.sweep.worker", str(os.getpid())],  # the worker dies with us
+            # -P: the current folder is not put first on the import path, so the gpt2bench it imports is
+            # the installed one or the one PYTHONPATH names (an A/B side's), never a stray folder's.
+            [sys.executable, "-P", "-m", "gpt2bench.sweep.worker", str(os.getpid())],  # dies with us
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             bufsize=1,
+            env=env,
         )
         # A thread drains stderr all the time, so a chatty worker never blocks on a full pipe and a
         # progress bar's unterminated line never holds up reading the protocol on stdout.
