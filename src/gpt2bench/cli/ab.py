@@ -15,6 +15,7 @@ from gpt2bench.cli.options import warn
 from gpt2bench.core.errors import BenchError, UsageError
 
 if TYPE_CHECKING:
+    from gpt2bench.sweep.ab_sides import Side
     from gpt2bench.sweep.config import SweepSpec
 
 AB_EPILOG = (
@@ -81,7 +82,7 @@ def ab(
         _run(spec, base_side, new_side, out)
 
 
-def _run(spec: SweepSpec, base_side: object, new_side: object, out: Path) -> None:
+def _run(spec: SweepSpec, base_side: Side, new_side: Side, out: Path) -> None:
     from gpt2bench.measure.row import new_run_id
     from gpt2bench.measure.runner import prepare_output
     from gpt2bench.measure.spec import default_threads
@@ -103,7 +104,7 @@ def _run(spec: SweepSpec, base_side: object, new_side: object, out: Path) -> Non
         print(line, file=sys.stderr, flush=True)
 
     threads = spec.threads or default_threads()
-    run = AbRun(spec, base_side, new_side, model, threads, out, new_run_id("ab"), say, warn_once)  # type: ignore[arg-type]
+    run = AbRun(spec, base_side, new_side, model, threads, out, new_run_id("ab"), say, warn_once)
     say(f"gpt2bench ab: {run.base.describe()} against {run.new.describe()}; report in {out}")
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:

@@ -88,7 +88,7 @@ def working_tree(repo: Path, allow_dirty: bool, env: dict[str, str]) -> Side:
     status = _git(repo, "status", "--porcelain", "--untracked-files=no")
     dirty = bool(status.stdout.strip())
     if dirty and not allow_dirty:
-        changed = status.stdout.strip().splitlines()
+        changed = [line for line in status.stdout.splitlines() if line.strip()]  # " M path": keep the columns
         raise UsageError(
             f"the working tree of {repo} has uncommitted changes ({len(changed)} file(s), e.g. "
             f"{changed[0][3:]}): commit them and pass the commit, or --allow-dirty to measure them as NEW"
