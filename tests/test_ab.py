@@ -212,7 +212,10 @@ def test_an_injected_slowdown_fails_the_gate_and_equal_code_passes_it(tmp_path, 
         assert row["git_commit"] == doc["sides"][0]["commit"]
 
     code, doc, report = run_ab(tmp_path, "same", config, plugin_env)
-    assert code == 0 and doc["aa"] is False  # the working tree: the same commit, maybe uncommitted changes
+    status = ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"]
+    clean = not subprocess.run(status, capture_output=True, text=True, check=True).stdout.strip()
+    assert code == 0 and doc["aa"] is clean  # HEAD against a clean working tree is an A/A run
+    assert ("**A/A run**" in report) is clean
     assert [c["verdict"] for c in doc["comparisons"]] == ["no change detected"] * 3
     assert all(0.75 < c["ratio"] < 1.33 for c in doc["comparisons"])
 
