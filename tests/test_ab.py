@@ -193,14 +193,13 @@ def run_ab(tmp_path: Path, name: str, config: Path, env: dict[str, str], *args: 
 
 def test_an_injected_slowdown_fails_the_gate_and_equal_code_passes_it(tmp_path, tiny_model_dir, plugin_env):
     """Both sides run real workers of this checkout; only NEW's are told to be 100% slower. The
-    effect is far beyond the noise (a speed claim with a 4x margin), so the test asserts the
-    machinery, not this machine: every round recorded, each side's rows from its commit, the start
+    effect is far beyond the 25% margin, so the test asserts the machinery and the verdicts, not
+    this machine's ratios (a fresh-clone CI run read a ratio below 1.6 and still a regression): every round recorded, each side's rows from its commit, the start
     order alternating by pair, and the verdicts."""
     config = write_config(tmp_path, tiny_model_dir, "{rounds: 8, pairs: 2, threshold: 0.25}")
     code, doc, report = run_ab(tmp_path, "slow", config, plugin_env, "--new-env", "GPT2BENCH_TEST_DELAY=1.0")
     assert code == 1
     assert [c["verdict"] for c in doc["comparisons"]] == ["regression"] * 3
-    assert all(1.6 < c["ratio"] < 2.6 for c in doc["comparisons"])
     assert "**regression**" in report and "GPT2BENCH_TEST_DELAY=1.0" in report and not doc["aa"]
     rounds = doc["rounds"]
     assert [r["round"] for r in rounds] == list(range(8)) and [r["block"] for r in rounds] == [0] * 4 + [1] * 4
@@ -217,7 +216,6 @@ def test_an_injected_slowdown_fails_the_gate_and_equal_code_passes_it(tmp_path, 
     assert code == 0 and doc["aa"] is clean  # HEAD against a clean working tree is an A/A run
     assert ("**A/A run**" in report) is clean
     assert [c["verdict"] for c in doc["comparisons"]] == ["no change detected"] * 3
-    assert all(0.75 < c["ratio"] < 1.33 for c in doc["comparisons"])
 
 
 def test_sigterm_keeps_every_finished_round(tmp_path, tiny_model_dir, plugin_env):
