@@ -194,7 +194,8 @@ def run_ab(tmp_path: Path, name: str, config: Path, env: dict[str, str], *args: 
 def test_an_injected_slowdown_fails_the_gate_and_equal_code_passes_it(tmp_path, tiny_model_dir, plugin_env):
     """Both sides run real workers of this checkout; only NEW's are told to be 100% slower. The
     effect is far beyond the 25% margin, so the test asserts the machinery and the verdicts, not
-    this machine's ratios (a fresh-clone CI run read a ratio below 1.6 and still a regression): every round recorded, each side's rows from its commit, the start
+    this machine's ratios (a fresh-clone CI run read a ratio below 1.6 and still a regression):
+    every round recorded, each side's rows from its commit, the start
     order alternating by pair, and the verdicts."""
     config = write_config(tmp_path, tiny_model_dir, "{rounds: 8, pairs: 2, threshold: 0.25}")
     code, doc, report = run_ab(tmp_path, "slow", config, plugin_env, "--new-env", "GPT2BENCH_TEST_DELAY=1.0")
