@@ -68,9 +68,18 @@ class KVCache(nn.Module):
         self, batch: int, n_head: int, max_len: int, head_dim: int, dtype: torch.dtype, device: torch.device
     ) -> None:
         super().__init__()
+        self.register_buffer("k", torch.empty(0), persistent=False)
+        self.register_buffer("v", torch.empty(0), persistent=False)
+        self.resize(batch, n_head, max_len, head_dim, dtype, device)
+
+    def resize(
+        self, batch: int, n_head: int, max_len: int, head_dim: int, dtype: torch.dtype, device: torch.device
+    ) -> None:
+        """New buffers in the same module: compiled code that reads this module sees new tensors of
+        a new shape, not a new module (which dynamo would compile for anew)."""
         shape = (batch, n_head, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
 
     def update(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.k.index_copy_(2, pos, k)
@@ -150,9 +159,11 @@ class GPT2(nn.Module):
             raise ValueError(f"max_len {max_len} exceeds the model's {self.cfg.n_positions} positions")
         dtype, device = self.wte.weight.dtype, self.wte.weight.device
         for block in self.h:
-            block.attn.kv_cache = KVCache(batch, self.cfg.n_head, max_len, self.cfg.head_dim, dtype, device)
-        causal = torch.tril(torch.ones(max_len, max_len, dtype=torch.bool, device=device))
-        self.register_buffer("causal_mask", causal, persistent=False)
+            shape = (batch, self.cfg.n_head, max_len, self.cfg.head_dim, dtype, device)
+            if block.attn.kv_cache is None:
+                block.attn.kv_cache = KVCache(*shape)
+            else:
+                block.attn.kv_cache.resize(*shape)
         self.max_len = max_len
 
     def forward(
@@ -162,7 +173,10 @@ class GPT2(nn.Module):
 
         `widen` computes the projections in fp32 (see `linear`); lm_head too unless `last_only`,
         where it has one row per sequence and widening 38M weights would cost more than it saves."""
-        mask = self.causal_mask[None, None, pos]  # [1, 1, seq, max_len]: key j visible iff j <= pos
+        # [1, 1, seq, max_len]: key j visible iff j <= pos. Built from the cache's length rather than
+        # kept as a buffer: a compiled graph with the length as a dimension serves every cache size.
+        slots = torch.arange(self.h[0].attn.kv_cache.k.shape[2], device=pos.device)
+        mask = (slots[None, :] <= pos[:, None])[None, None]
         x = self.wte(idx) + self.wpe(pos)
         for block in self.h:
             x = block(x, pos, mask, widen)

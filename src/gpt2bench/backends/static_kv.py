@@ -143,6 +143,8 @@ class _StaticKV(TorchDevice, Backend):
         self.cudagraphs = self.device.type == "cuda" and self.wants_graphs
         self._skips_at_compile = cudagraph_skips()
         self.shape: tuple[int, int] | None = None
+        self._compiled = False
+        self._caches: dict[tuple[int, int], list[torch.Tensor]] = {}  # (batch, length): k, v of every layer
         self.compile_cache = inductor_cache_state() if self.mode is not None else "none"
         return {}
 
@@ -150,7 +152,8 @@ class _StaticKV(TorchDevice, Backend):
         """(Re)build the step functions for the current cache shapes."""
         import torch
 
-        self._warm: set[tuple[float, int, float]] = set()  # sampling parameters decoded on these graphs
+        self._compiled = True
+        self._warm: set[tuple[tuple[int, int], float, int, float]] = set()  # (cache shape, sampling) decoded
         # Where bf16/fp16 is emulated, long calls run their GEMMs in fp32 (gpt2.linear, WIDEN_ROWS).
         wide_prefill = wide_prefill_step if self.emulated else None
         logits_step = wide_full_logits if self.emulated else full_logits
@@ -158,7 +161,6 @@ class _StaticKV(TorchDevice, Backend):
             self._decode, self._prefill = decode_step, prefill_step
             self._wide_prefill, self._full = wide_prefill, logits_step
             return
-        torch._dynamo.reset()  # new cache buffers: start from clean graphs rather than pile up guards
         self._skips_at_compile = cudagraph_skips()
         short_options: dict[str, Any] = {}
         if self.device.type == "cpu":
@@ -204,9 +206,27 @@ class _StaticKV(TorchDevice, Backend):
         fits = self.shape is not None and self.shape[0] == batch
         if fits and (self.shape[1] == max_len or (not exact and self.shape[1] >= length)):
             return
-        self.model.setup_caches(batch, max_len)
+        self._use_cache(batch, max_len)
         self.shape = (batch, max_len)
-        self._compile()
+        if not self._compiled:
+            self._compile()
+
+    def _use_cache(self, batch: int, max_len: int) -> None:
+        """Point the model at this shape's cache tensors, allocated on first use and then kept.
+        Compiled graphs are guarded on the identity of the cache tensors (frozen graphs take them as
+        inputs by identity), so a shape seen before finds its graphs again instead of compiling
+        anew: a cpu.yaml sweep returns to cache 64 after quality's 1024 and after prompt 1 gen 100."""
+        kept = self._caches.get((batch, max_len))
+        if kept is None:
+            self.model.setup_caches(batch, max_len)
+            self._caches[(batch, max_len)] = [t for c in self._kv_modules() for t in (c.k, c.v)]
+            return
+        for cache, k, v in zip(self._kv_modules(), kept[::2], kept[1::2], strict=True):
+            cache.k, cache.v = k, v
+        self.model.max_len = max_len
+
+    def _kv_modules(self) -> list[Any]:
+        return [block.attn.kv_cache for block in self.model.h]
 
     def setup(self, batch_size: int, prompt_len: int, max_new_tokens: int, sampling: Sampling) -> dict[str, float]:
         """Allocate the cache for this cell and compile by generating once with its shapes."""
@@ -246,7 +266,8 @@ class _StaticKV(TorchDevice, Backend):
         # (~600 of them, mostly over the module tree: ~0.4 ms a token, 4% of a bf16 step here) can
         # only pick the graph we already know, so only the guards that tell our graphs apart run.
         # Parameters not seen yet take the full guards, which compile them a graph of their own.
-        trusted = self.mode is not None and params in self._warm
+        seen = (self.shape, *params)
+        trusted = self.mode is not None and seen in self._warm
         for _ in range(max_new_tokens - 1):
             with torch.inference_mode(), torch.compiler.set_stance(skip_guard_eval_unsafe=trusted):
                 if self.cudagraphs:
@@ -255,7 +276,7 @@ class _StaticKV(TorchDevice, Backend):
                 if self.cudagraphs:
                     token = token.clone()  # the graph's output buffer is overwritten on replay
                 pos += 1
-            self._warm.add(params)
+            self._warm.add(seen)
             yield token.cpu().numpy()
 
     def logits(self, input_ids: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ from gpt2bench.measure.metrics import (
     summarize,
 )
 from gpt2bench.measure.prompts import Prompts
+from gpt2bench.measure.stopping import CHECKED, FIXED, Adaptive, decide, precision_columns
 from gpt2bench.models.ref import ModelRef
 
 Clock = Callable[[], int]
@@ -59,6 +60,12 @@ class Measurement:
     device_memory: dict[str, float] = field(default_factory=dict)
     # Read bandwidth (GB/s) probed before each timed run and after the last: repeats + 1 samples.
     bandwidth_gbs: list[float] = field(default_factory=list)
+    warmup_s: float = 0.0  # the warm-up generations, wall time
+    timed_s: float = 0.0  # the timed generations themselves (first clock read to last token)
+    loop_s: float = 0.0  # the timed loop's wall: timed_s plus collections, probes, bookkeeping
+    probe_s: float = 0.0  # bandwidth probes inside the loop
+    stop_reason: str = FIXED
+    confidence: float = 0.95  # the level of the median intervals (lower per look when adaptive)
 
     @property
     def tokens_per_run(self) -> int:
@@ -72,6 +79,11 @@ class Measurement:
 
     def stats(self) -> dict[str, dict[str, float]]:
         return {name: summarize([getattr(r, name) for r in self.runs]) for name in PER_RUN_METRICS}
+
+    def precision(self) -> dict[str, float]:
+        """The medians' intervals of TPOT and e2e and their relative half-widths: the row's
+        achieved precision (measure/stopping.py)."""
+        return precision_columns({name: [getattr(r, name) for r in self.runs] for name in CHECKED}, self.confidence)
 
     def burst_fraction(self) -> float:
         """Share of inter-token gaps under metrics.BURST_ITL_MS over all timed repetitions."""
@@ -157,8 +169,10 @@ def measure(
     repeats: int,
     on_step: Callable[[str, int, int], None] | None = None,
     probe: Callable[[], float] | None = None,
+    adaptive: Adaptive | None = None,
 ) -> Measurement:
-    """Set up for the cell's shapes, warm up (results discarded), then time `repeats` generations.
+    """Set up for the cell's shapes, warm up (results discarded), then time `repeats` generations,
+    or with `adaptive` as many as its stopping rule asks for (measure/stopping.py).
 
     `probe` (a read-bandwidth microbenchmark) runs around every timed generation, outside its
     clock, so each run's decode speed can be set against the memory speed of its own moment. It
@@ -166,38 +180,82 @@ def measure(
     t0 = time.perf_counter_ns()
     setup_phases = dict(backend.setup(prompts.batch_size, prompts.prompt_len, gen_len, sampling) or {})
     backend.synchronize()
-    setup_s = (time.perf_counter_ns() - t0) / 1e9
+    t1 = time.perf_counter_ns()
     for i in range(warmup):
         timed_generation(backend, prompts.input_ids, gen_len, sampling)
         if on_step:
             on_step("warmup", i + 1, warmup)
+    t2 = time.perf_counter_ns()
     scope = "measurement" if reset_peak_rss() else "process"
     backend.reset_peak_memory()
-    generations, bandwidth, contentions = [], [], []
+    loop = _timed_runs(backend, prompts, gen_len, sampling, repeats, on_step, probe, adaptive)
+    if probe:
+        loop.bandwidth.append(probe())
+    generations = loop.generations
+    return Measurement(
+        generations,
+        loop.runs,
+        CpuContention.total(loop.contentions),
+        peak_rss_mb(),
+        scope,
+        (t1 - t0) / 1e9,
+        setup_phases,
+        backend.memory_stats(),
+        loop.bandwidth,
+        warmup_s=(t2 - t1) / 1e9,
+        timed_s=sum(g.token_ns[-1] - g.start_ns for g in generations) / 1e9,
+        loop_s=loop.wall_s,
+        probe_s=loop.probe_s,
+        stop_reason=loop.stop_reason,
+        confidence=adaptive.confidence() if adaptive else 0.95,
+    )
+
+
+@dataclass
+class _Loop:
+    generations: list[Generation] = field(default_factory=list)
+    runs: list[RunMetrics] = field(default_factory=list)
+    contentions: list[CpuContention] = field(default_factory=list)
+    bandwidth: list[float] = field(default_factory=list)
+    probe_s: float = 0.0
+    wall_s: float = 0.0
+    stop_reason: str = FIXED
+
+
+def _timed_runs(
+    backend: Backend,
+    prompts: Prompts,
+    gen_len: int,
+    sampling: Sampling,
+    repeats: int,
+    on_step: Callable[[str, int, int], None] | None,
+    probe: Callable[[], float] | None,
+    adaptive: Adaptive | None,
+) -> _Loop:
+    """The timed generations: `repeats` of them, or until `adaptive`'s rule stops the cell."""
+    loop = _Loop()
+    most = adaptive.max_repeats if adaptive else repeats
+    started = time.perf_counter_ns()
     with frozen_heap():
-        for i in range(repeats):
+        for i in range(most):
             if probe:
-                bandwidth.append(probe())
+                p0 = time.perf_counter_ns()
+                loop.bandwidth.append(probe())
+                loop.probe_s += (time.perf_counter_ns() - p0) / 1e9
             # Other processes' CPU is counted over the timed generations only: the bandwidth probe
             # runs in a helper process between them, and is not noise.
             with no_garbage_collection():  # its collection before the run is outside the monitored window
                 monitor = ContentionMonitor()
-                generations.append(timed_generation(backend, prompts.input_ids, gen_len, sampling))
-                contentions.append(monitor.stop())
+                g = timed_generation(backend, prompts.input_ids, gen_len, sampling)
+                loop.contentions.append(monitor.stop())
+            loop.generations.append(g)
+            loop.runs.append(run_metrics(g.start_ns, g.token_ns, prompts.batch_size, prompts.prompt_len))
             if on_step:
-                on_step("measure", i + 1, repeats)
-    if probe:
-        bandwidth.append(probe())
-    contention = CpuContention.total(contentions)
-    runs = [run_metrics(g.start_ns, g.token_ns, prompts.batch_size, prompts.prompt_len) for g in generations]
-    return Measurement(
-        generations,
-        runs,
-        contention,
-        peak_rss_mb(),
-        scope,
-        setup_s,
-        setup_phases,
-        backend.memory_stats(),
-        bandwidth,
-    )
+                on_step("measure", i + 1, most)
+            if adaptive:
+                so_far = {name: [getattr(r, name) for r in loop.runs] for name in CHECKED}
+                if reason := decide(adaptive, so_far, (time.perf_counter_ns() - started) / 1e9):
+                    loop.stop_reason = reason
+                    break
+    loop.wall_s = (time.perf_counter_ns() - started) / 1e9
+    return loop

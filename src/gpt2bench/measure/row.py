@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from gpt2bench.machine.sysinfo import CpuContention, cpu_fingerprint
 from gpt2bench.measure.metrics import PER_RUN_METRICS, STATS, burst_fraction, burst_warning, percentiles, summarize
 from gpt2bench.measure.roofline import probe_runs, roofline_rates
+from gpt2bench.measure.stopping import FIXED, precision_columns
 
 if TYPE_CHECKING:
     from gpt2bench.measure.harness import LoadResult, Measurement
@@ -61,6 +62,19 @@ MEASURE_COLUMNS = [
     "tokens_per_run",
     "tokens_consistent",
     *[f"{m}_{s}" for m in PER_RUN_METRICS for s in STATS],
+    "stop_reason",  # fixed | target | budget | max_repeats: why the cell ran `repeats` timed runs
+    "ci_level",  # confidence of the median intervals below (lower per look with repeats: auto)
+    "tpot_median_ci_low",
+    "tpot_median_ci_high",
+    "tpot_ci_rel",  # achieved precision: the interval's half-width over the median (NaN: not bounded)
+    "e2e_median_ci_low",
+    "e2e_median_ci_high",
+    "e2e_ci_rel",
+    "warmup_s",  # where the cell's time went (a sweep sums these into its time breakdown)
+    "timed_s",
+    "loop_s",
+    "probe_s",
+    "cell_s",  # the worker's whole time on the cell: the above, quality, and the rest (idle)
     "itl_ms_p50",
     "itl_ms_p90",
     "itl_ms_p99",
@@ -244,6 +258,14 @@ def ok_row(fields: Row, load: LoadResult, m: Measurement, prompts: Prompts, env:
         "tokenize_ms": prompts.tokenize_s * 1e3,
         "tokens_per_run": m.tokens_per_run,
         "tokens_consistent": m.tokens_consistent,
+        "repeats": len(m.runs),  # with repeats: auto, as many as the stopping rule took
+        "stop_reason": m.stop_reason,
+        "ci_level": m.confidence,
+        **m.precision(),
+        "warmup_s": m.warmup_s,
+        "timed_s": m.timed_s,
+        "loop_s": m.loop_s,
+        "probe_s": m.probe_s,
         **{f"{metric}_{stat}": value for metric, s in stats.items() for stat, value in s.items()},
         **{f"itl_ms_{k}": v for k, v in m.itl_percentiles().items()},
         # decode_tps counts every sequence of the batch; this is what one request sees.
@@ -279,6 +301,9 @@ def merge_rounds(rows: list[Row], samples: list[dict[str, Any]]) -> tuple[Row, d
     row["itl_burst_frac"] = burst_fraction(itl)
     row["timing_warnings"] = burst_warning(row["itl_burst_frac"])
     row["repeats"] = len(per_run["e2e_ms"])
+    row.update({"stop_reason": FIXED, "ci_level": 0.95, **precision_columns(per_run, 0.95)})
+    for phase in ("warmup_s", "timed_s", "loop_s", "probe_s", "cell_s"):
+        row[phase] = sum(r.get(phase) or 0.0 for r in rows)
     row["warmup"], row["setup_s"] = rows[0]["warmup"], rows[0]["setup_s"]
     contention = CpuContention.total(
         [

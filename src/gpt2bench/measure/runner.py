@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,7 @@ def measure_cell(
     from gpt2bench.measure.harness import measure
     from gpt2bench.measure.prompts import make_prompts
 
+    started = time.perf_counter()
     spec.validate()
     backend, model, tokenizer = session.backend, session.model, session.tokenizer
     check_fits(spec, model)
@@ -111,8 +113,10 @@ def measure_cell(
     probe = session.probe(spec.threads) if spec.probe_bandwidth else None
     # Before the timed runs: measuring the roofs takes seconds on a machine's first run, and a
     # Ctrl-C there must not cost finished measurements. It is cached, so later cells read a file.
+    roofs_started = time.perf_counter()
     roofs = _machine_roofs(spec.device, spec.threads)
-    m = measure(backend, prompts, spec.gen_len, spec.sampling, spec.warmup, spec.repeats, on_step, probe)
+    roofs_s = time.perf_counter() - roofs_started
+    m = measure(backend, prompts, spec.gen_len, spec.sampling, spec.warmup, spec.repeats, on_step, probe, spec.adaptive)
     details = backend.describe()
     quality = _quality(backend, model, tokenizer, spec.quality, on_step) if spec.quality is not None else {}
     env = environment()
@@ -120,6 +124,8 @@ def measure_cell(
     row = ok_row(spec_fields(spec, model, run_id, label), session.load, m, prompts, env, {**facts, **quality})
     stored = backend.stored_weight_bytes()
     row.update(_roofline(spec, row, model, roofs, [r.tpot_ms for r in m.runs], m.bandwidth_gbs, stored))
+    row["probe_s"] += roofs_s  # the machine's roofs, measured on its first cell and cached
+    row["cell_s"] = time.perf_counter() - started
     sample_text = tokenizer.decode(m.generations[0].tokens[0].tolist())
     samples = _samples(spec, row, m, prompts, sample_text, details, backend.warnings(), env)
     return CellResult(row, samples, details, model, sample_text, env)
@@ -211,7 +217,6 @@ def _quality(
 ) -> dict[str, Any]:
     """Quality after speed, so it never disturbs the timed runs; its own time is recorded. If it
     fails, the timed runs are finished results all the same: the row keeps them, with the error."""
-    import time
 
     from gpt2bench.measure.quality import evaluate
 

@@ -13,6 +13,7 @@ from gpt2bench import MAX_CONTEXT
 from gpt2bench.backends.base import Sampling  # the backend contract's; re-exported for callers of the spec
 from gpt2bench.core.errors import UsageError
 from gpt2bench.core.paths import DEFAULT_TEXT
+from gpt2bench.measure.stopping import Adaptive
 
 DEVICES = ("cpu", "cuda")
 # fp16 arithmetic on a CPU is emulated by most of them and no backend here has CPU fp16 kernels worth
@@ -92,6 +93,7 @@ class RunSpec:
     options: dict[str, Any] = field(default_factory=dict)
     quality: QualitySettings | None = None  # None: speed only
     probe_bandwidth: bool = False  # measure read bandwidth around every timed run (CPU only)
+    adaptive: Adaptive | None = None  # repeats: auto (measure/stopping.py); None: `repeats` runs
 
     def validate(self) -> None:
         from gpt2bench.backends import get_backend
@@ -127,6 +129,8 @@ class RunSpec:
             raise UsageError(f"backend '{self.backend}' has no option '{unknown[0]}' (valid: {valid})")
         info.cls.check_options(self.options)
         self.sampling.validate()
+        if self.adaptive is not None:
+            self.adaptive.validate()
         if self.quality is not None:
             self.quality.validate()
 
@@ -139,13 +143,18 @@ class RunSpec:
 
     def to_json(self) -> str:
         """The spec as the one wire format between a sweep and its workers (see `from_json`)."""
-        return json.dumps(self.as_record(), sort_keys=True)
+        record = self.as_record()
+        if record["adaptive"] is None:  # absent unless used: a worker of an older gpt2bench (gpt2bench ab) reads it
+            del record["adaptive"]
+        return json.dumps(record, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> RunSpec:
         raw = json.loads(text)
         quality = raw.pop("quality")
+        adaptive = raw.pop("adaptive", None)
         return cls(
             **{**raw, "sampling": Sampling(**raw["sampling"])},
+            adaptive=Adaptive(**adaptive) if adaptive else None,
             quality=QualitySettings(**{**quality, "text": Path(quality["text"])}) if quality else None,
         )

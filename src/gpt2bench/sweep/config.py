@@ -4,7 +4,8 @@ model: random                 # optional; default: gpt2, falling back to random 
 output: results/cpu           # optional; default: results/<the config file's name>
 device: cpu
 threads: 2                    # optional; default: the cores available
-repeats: 5
+repeats: 5                    # or auto: until the medians are precise enough (measure/stopping.py)
+target_ci: 0.02               # repeats: auto only; with min_repeats, max_repeats, cell_budget_s
 warmup: 2
 prompt_lens: [1, 50, 500]
 gen_lens: [1, 10, 100]
@@ -36,7 +37,9 @@ from gpt2bench.core.errors import UsageError
 from gpt2bench.core.paths import DEFAULT_TEXT
 from gpt2bench.measure.row import label
 from gpt2bench.measure.spec import DEVICES, QualitySettings, RunSpec
+from gpt2bench.measure.stopping import Adaptive
 from gpt2bench.sweep.ab_config import AbSettings, parse_ab
+from gpt2bench.sweep.adaptive_config import ADAPTIVE_KEYS, _adaptive
 from gpt2bench.sweep.yaml_nodes import (
     _fail,
     _int_list,
@@ -54,6 +57,7 @@ TOP_KEYS = {
     "device",
     "threads",
     "repeats",
+    *ADAPTIVE_KEYS,
     "warmup",
     "prompt_lens",
     "gen_lens",
@@ -138,6 +142,7 @@ class SweepSpec:
     warmup: int = 2
     interleave: bool = False
     probe_bandwidth: bool = False
+    adaptive: Adaptive | None = None  # repeats: auto
     cell_timeout_s: float = 1800.0
     quality: QualityConfig = field(default_factory=QualityConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -153,6 +158,8 @@ class SweepSpec:
         """Why this sweep cannot interleave, or None. Interleaved, every backend's worker stays
         loaded at once; on one GPU vLLM takes 90% of its memory by default and the others would not
         fit, so a vLLM backend must say how much it may take."""
+        if self.interleave and self.adaptive is not None:
+            return "interleave alternates fixed repetitions between backends; repeats: auto stops each cell on its own"
         if self.interleave and self.cluster.executor == "ray":
             return "interleave alternates backends on one machine; with executor ray each node measures its own cells"
         if not self.interleave or self.device != "cuda":
@@ -173,6 +180,8 @@ class SweepSpec:
             "threads": threads,
             "repeats": self.repeats,
             "warmup": self.warmup,
+            # Only when used, so folders measured before repeats: auto existed resume as before.
+            **({"adaptive": self.adaptive.record()} if self.adaptive else {}),
             "interleave": self.interleave,
             "probe_bandwidth": self.probe_bandwidth,
             "cells": [[c.prompt_len, c.gen_len, c.batch_size] for c in self.cells],
@@ -210,6 +219,7 @@ class SweepSpec:
             options=backend.options,
             quality=self.quality_settings() if quality and self.quality.enabled else None,
             probe_bandwidth=self.probe_bandwidth,
+            adaptive=self.adaptive if repeats is None else None,
         )
 
 
@@ -228,6 +238,7 @@ def load_sweep(path: Path) -> SweepSpec:
     if probe_bandwidth and device != "cpu":
         raise _fail(src, get("probe_bandwidth"), "probes the CPU's memory; it is for device: cpu")
     cells, notes = _cells(src, top)
+    adaptive = _adaptive(src, top)
     spec = SweepSpec(
         backends=_backends(src, top["backends"], device, cells[0]),
         cells=cells,
@@ -235,7 +246,8 @@ def load_sweep(path: Path) -> SweepSpec:
         model=_scalar(src, get("model"), str, nullable=True) if "model" in top else None,
         device=device,
         threads=_positive_int(src, get("threads")) if "threads" in top else None,
-        repeats=_positive_int(src, get("repeats")) if "repeats" in top else 5,
+        repeats=adaptive.max_repeats if adaptive else _positive_int(src, get("repeats")) if "repeats" in top else 5,
+        adaptive=adaptive,
         warmup=_positive_int(src, get("warmup"), minimum=0) if "warmup" in top else 2,
         interleave=_scalar(src, get("interleave"), bool) if "interleave" in top else False,
         probe_bandwidth=probe_bandwidth,

@@ -17,6 +17,7 @@ from gpt2bench.measure.spec import RunSpec
 from gpt2bench.models.ref import ModelRef
 from gpt2bench.report.store import ResultsStore
 from gpt2bench.sweep.config import BackendConfig, Cell, SweepSpec
+from gpt2bench.sweep.ledger import TimeLedger
 from gpt2bench.sweep.process import Interrupted, Worker, WorkerGone
 
 Progress = Callable[[str], None]
@@ -35,6 +36,7 @@ class SweepRun:
     on_cell: Progress
     warn: Warn
     lock: threading.Lock = field(default_factory=threading.Lock)  # a cluster sweep's threads share the store
+    ledger: TimeLedger = field(default_factory=TimeLedger)  # where the sweep's time goes
 
     def cell_spec(
         self,
@@ -52,8 +54,11 @@ class SweepRun:
         return config_key(on_machine(spec_fields(self.cell_spec(backend, cell), self.model, self.run_id), node_type))
 
     def save(self, row: dict[str, Any], samples: dict[str, Any], label: str | None = None) -> None:
-        """A finished row into the store (on disk at once); `label` advances the progress bar."""
+        """A finished row into the store (on disk at once), the time breakdown so far beside it;
+        `label` advances the progress bar."""
         with self.lock:
+            self.ledger.measured(row["label"], row)
+            self.store.meta["time_breakdown"] = self.ledger.record()
             self.store.add(row, samples)
         if label is not None:
             self.on_cell(label)
@@ -64,6 +69,10 @@ class SweepRun:
 
     def worker(self, backend: BackendConfig) -> Worker:
         return Worker(self.cell_spec(backend, self.spec.cells[0]), self.run_id)
+
+    def loaded(self, backend: BackendConfig, worker: Worker, hello: dict[str, Any]) -> None:
+        with self.lock:
+            self.ledger.loaded(backend.display(), worker.started, hello)
 
     def wants_quality(self, cell: Cell) -> bool:
         """Quality does not depend on the cell: measure it once per backend, with the sweep's first cell."""
@@ -140,6 +149,7 @@ def measure_cells(
     a row in the store at once. `node_type`: the machine type in the rows' identity (each-node)."""
     try:
         hello = worker.receive(run.spec.cell_timeout_s)
+        run.loaded(backend, worker, hello)
         _announce(hello, run.warn)
         if hello["event"] == "load_failed":
             for cell in remaining:
@@ -179,6 +189,7 @@ def _start_workers(run: SweepRun, backends: list[BackendConfig]) -> tuple[dict[s
             hello = worker.receive(run.spec.cell_timeout_s)
         except WorkerGone as gone:  # died or hung while loading: its cells fail, the others go on
             hello = {"event": "load_failed", "error": str(gone)}
+        run.loaded(backend, worker, hello)
         _announce(hello, run.warn)
         if hello["event"] == "ready":
             workers[backend.display()] = worker

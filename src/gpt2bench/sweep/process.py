@@ -71,6 +71,7 @@ class Worker:
         model_at: tuple[str, str] | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
+        self.started = time.perf_counter()  # the sweep's time breakdown counts the load from here
         self.proc = subprocess.Popen(
             # -P: the current folder is not put first on the import path, so the gpt2bench it imports is
             # the installed one or the one PYTHONPATH names (an A/B side's), never a stray folder's.

@@ -76,7 +76,8 @@ def main() -> int:
     except Exception as exc:  # reported for every cell by the parent
         send({"event": "load_failed", "error": one_line(exc), "warnings": warnings})
         return 1
-    send({"event": "ready", "warnings": warnings})
+    load = session.load  # for the sweep's time breakdown
+    send({"event": "ready", "warnings": warnings, "prepare_s": load.prepare_s, "load_s": load.load_s})
     for line in sys.stdin:
         request = json.loads(line)
         spec = RunSpec.from_json(request["spec"])

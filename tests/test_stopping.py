@@ -1,0 +1,151 @@
+"""repeats: auto: the median's interval, the stopping rule's looks, budget and honesty, and its
+wiring through the spec, the sweep config and the harness (on real backends)."""
+
+import json
+import math
+import statistics
+
+import numpy as np
+import pytest
+
+from conftest import load_backend
+from gpt2bench.backends.base import Sampling
+from gpt2bench.core.errors import UsageError
+from gpt2bench.measure.harness import measure
+from gpt2bench.measure.metrics import median_ci
+from gpt2bench.measure.prompts import make_prompts
+from gpt2bench.measure.spec import RunSpec
+from gpt2bench.measure.stopping import BUDGET, MAX_REPEATS, TARGET, Adaptive, decide, precision
+
+
+def test_median_interval_is_the_order_statistics_with_enough_binomial_coverage():
+    values = list(range(1, 13))
+    assert all(math.isnan(v) for v in median_ci(values[:5], 0.95))  # [min, max] covers 93.75% only
+    assert median_ci(values[:6], 0.95) == (1.0, 6.0)  # [min, max] covers 1 - 2/64 = 96.9%
+    assert median_ci(values, 0.95) == (3.0, 10.0)  # 12 samples: [x3, x10] covers 96.1%
+    assert median_ci(values, 0.99) == (2.0, 11.0)
+    assert median_ci(list(reversed(values)), 0.95) == (3.0, 10.0)  # order of arrival does not matter
+
+
+def test_looks_grow_by_half_and_share_alpha():
+    rule = Adaptive(target_ci=0.02, min_repeats=8, max_repeats=40, budget_s=60)
+    assert rule.looks() == [8, 12, 18, 27, 40]
+    assert rule.confidence() == pytest.approx(1 - 0.05 / 5)
+
+
+def test_the_rule_stops_only_at_looks_and_says_why():
+    rule = Adaptive(target_ci=0.02, min_repeats=8, max_repeats=18, budget_s=100)
+    steady = {"tpot_ms": [10.0] * 9, "e2e_ms": [100.0] * 9}
+    assert decide(rule, steady, 1.0) is None  # 9 runs: not a look
+    steady = {k: v[:8] for k, v in steady.items()}
+    assert decide(rule, steady, 1.0) == TARGET
+    noisy = {"tpot_ms": [10.0, 13.0] * 4, "e2e_ms": [100.0] * 8}
+    assert decide(rule, noisy, 1.0) is None  # TPOT +-13%: go on
+    assert decide(rule, noisy, 80.0) == BUDGET  # 8 runs took 80 s: 12 would take 120 > 100
+    wide = {"tpot_ms": [10.0, 13.0] * 9, "e2e_ms": [100.0] * 18}
+    assert decide(rule, wide, 1.0) == MAX_REPEATS
+
+
+def test_one_token_runs_are_judged_on_e2e_alone():
+    rule = Adaptive(min_repeats=8, max_repeats=12)
+    runs = {"tpot_ms": [math.nan] * 8, "e2e_ms": [5.0] * 8}
+    assert decide(rule, runs, 0.1) == TARGET
+    assert math.isnan(precision(runs["tpot_ms"], 0.95))
+
+
+def test_stopping_at_the_first_precise_look_keeps_the_reported_interval_honest():
+    """The interval reported where the rule stops must cover the true median at least 95% of the
+    time, even though the rule stops when an interval happens to look narrow."""
+    rng = np.random.default_rng(7)
+    rule = Adaptive(target_ci=0.02, min_repeats=8, max_repeats=40, budget_s=1e9)
+    true_median = 10.0  # lognormal(log 10, s) has median 10
+    covered, stopped_early = 0, 0
+    trials = 2000
+    for _ in range(trials):
+        draws = true_median * np.exp(rng.normal(0.0, 0.03, rule.max_repeats))
+        for n in range(1, rule.max_repeats + 1):
+            reason = decide(rule, {"e2e_ms": list(draws[:n])}, 0.0)
+            if reason:
+                break
+        stopped_early += reason == TARGET and n < rule.max_repeats
+        low, high = median_ci(draws[:n], rule.confidence())
+        covered += low <= true_median <= high
+    assert stopped_early > trials / 4  # the rule did stop early, so this is a test of stopping
+    assert covered / trials >= 0.95
+
+
+def test_adaptive_settings_are_checked_with_one_line_errors():
+    with pytest.raises(UsageError, match="target_ci must be in"):
+        Adaptive(target_ci=0).validate()
+    with pytest.raises(UsageError, match="max_repeats .* at least min_repeats"):
+        Adaptive(min_repeats=10, max_repeats=5).validate()
+    with pytest.raises(UsageError, match="use at least 8"):
+        Adaptive(min_repeats=6, max_repeats=40).validate()  # 6 runs cannot reach 99%
+
+
+def test_spec_carries_the_rule_to_workers_and_omits_it_when_unused():
+    spec = RunSpec(backend="hf-eager", adaptive=Adaptive(target_ci=0.03, min_repeats=8, max_repeats=12))
+    assert RunSpec.from_json(spec.to_json()) == spec
+    assert "adaptive" not in json.loads(RunSpec(backend="hf-eager").to_json())  # an older worker reads it
+
+
+def _sweep_yaml(tmp_path, body: str):
+    from gpt2bench.sweep.config import load_sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text("model: random\nprompt_lens: [4]\ngen_lens: [4]\nbackends: [{name: hf-eager}]\n" + body)
+    return load_sweep(path)
+
+
+def test_sweep_config_reads_repeats_auto(tmp_path):
+    spec = _sweep_yaml(tmp_path, "repeats: auto\ntarget_ci: 0.03\nmin_repeats: 8\nmax_repeats: 12\ncell_budget_s: 5\n")
+    assert spec.adaptive == Adaptive(0.03, 8, 12, 5.0)
+    assert spec.record(2)["adaptive"]["target_ci"] == 0.03
+    assert "adaptive" not in _sweep_yaml(tmp_path, "repeats: 3\n").record(2)  # older folders resume
+    with pytest.raises(UsageError, match=r"s.yaml:\d+: .*applies to repeats: auto only"):
+        _sweep_yaml(tmp_path, "repeats: 3\ntarget_ci: 0.02\n")
+    with pytest.raises(UsageError, match=r"min_repeats 4 cannot bound a median .* use at least 9"):
+        _sweep_yaml(tmp_path, "repeats: auto\nmin_repeats: 4\n")
+    with pytest.raises(UsageError, match="interleave alternates fixed repetitions"):
+        _sweep_yaml(tmp_path, "repeats: auto\ninterleave: true\n")
+
+
+def test_harness_runs_until_the_rule_stops_and_records_why(tiny_model, tokenizer):
+    backend = load_backend("hf-eager", tiny_model)
+    prompts = make_prompts(tokenizer, 8, 1)
+    rule = Adaptive(target_ci=0.5, min_repeats=8, max_repeats=12, budget_s=60)
+    m = measure(backend, prompts, 6, Sampling(), 1, 1, adaptive=rule)
+    assert len(m.runs) == 8 and m.stop_reason == TARGET  # +-50% is met at the first look
+    tight = Adaptive(target_ci=1e-9, min_repeats=8, max_repeats=12, budget_s=60)
+    m = measure(backend, prompts, 6, Sampling(), 1, 1, adaptive=tight)
+    assert len(m.runs) == 12 and m.stop_reason == MAX_REPEATS
+    columns = m.precision()
+    assert columns["e2e_median_ci_low"] <= statistics.median(r.e2e_ms for r in m.runs) <= columns["e2e_median_ci_high"]
+    assert m.timed_s <= m.loop_s and m.warmup_s > 0
+
+
+def test_adaptive_runs_on_shared_compiles_match_a_fixed_count_measured_alone(tiny_model, tokenizer):
+    """A cell measured adaptively on graphs compiled for it earlier in the session (after another
+    cell's shape) has the median of the same cell measured alone with a fixed count, within their
+    intervals, and reusing the graphs compiled nothing."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    options = {"compile_mode": "default"}
+    prompts = make_prompts(tokenizer, 8, 1)
+    torch._dynamo.reset()  # each session on its own graphs, as in its own worker process
+    shared = load_backend("static-kv", tiny_model, options=options)
+    measure(shared, prompts, 24, Sampling(), 1, 1)  # this cell's graphs
+    measure(shared, prompts, 100, Sampling(), 1, 1)  # another cache length
+    graphs = counters["stats"]["unique_graphs"]
+    adaptive = measure(shared, prompts, 24, Sampling(), 2, 1, adaptive=Adaptive(0.02, 8, 18, 30))
+    assert counters["stats"]["unique_graphs"] == graphs  # back on the first cell's graphs
+    shared.close()
+    torch._dynamo.reset()
+    alone = load_backend("static-kv", tiny_model, options=options)
+    fixed = measure(alone, prompts, 24, Sampling(), 2, 12)
+    alone.close()
+    fixed_p, adaptive_p = fixed.precision(), adaptive.precision()
+    for metric in ("tpot", "e2e"):
+        assert fixed_p[f"{metric}_median_ci_low"] <= adaptive_p[f"{metric}_median_ci_high"]
+        assert adaptive_p[f"{metric}_median_ci_low"] <= fixed_p[f"{metric}_median_ci_high"]
