@@ -77,7 +77,7 @@ def test_stopping_at_the_first_precise_look_keeps_the_reported_interval_honest()
 def test_adaptive_settings_are_checked_with_one_line_errors():
     with pytest.raises(UsageError, match="target_ci must be in"):
         Adaptive(target_ci=0).validate()
-    with pytest.raises(UsageError, match="max_repeats .* at least min_repeats"):
+    with pytest.raises(UsageError, match=r"max_repeats .* at least min_repeats"):
         Adaptive(min_repeats=10, max_repeats=5).validate()
     with pytest.raises(UsageError, match="use at least 8"):
         Adaptive(min_repeats=6, max_repeats=40).validate()  # 6 runs cannot reach 99%
