@@ -149,3 +149,48 @@ def test_adaptive_runs_on_shared_compiles_match_a_fixed_count_measured_alone(tin
     for metric in ("tpot", "e2e"):
         assert fixed_p[f"{metric}_median_ci_low"] <= adaptive_p[f"{metric}_median_ci_high"]
         assert adaptive_p[f"{metric}_median_ci_low"] <= fixed_p[f"{metric}_median_ci_high"]
+
+
+def test_run_repeats_auto_reports_its_precision_and_bad_counts_are_one_line(tmp_path, tiny_model_dir):
+    from conftest import run_cli
+
+    args = ("run", "--backend", "hf-eager", "--model", str(tiny_model_dir), "--prompt-len", "8", "--gen-len", "4")
+    proc = run_cli(*args, "--repeats", "auto", "--target-ci", "0.5", "--output", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    (folder,) = tmp_path.iterdir()
+    (row,) = json.loads((folder / "results.json").read_text())["rows"]
+    out = " ".join(proc.stdout.split())  # rich wraps lines at the terminal's width
+    assert f"precision: {row['repeats']} runs, median TPOT +-" in out and f"stopped: {row['stop_reason']}" in out
+    assert row["repeats"] in Adaptive().looks()  # the rule's defaults, stopped at one of its looks
+    if row["stop_reason"] == TARGET:
+        assert max(row["tpot_ci_rel"], row["e2e_ci_rel"]) <= 0.5
+    else:
+        assert row["stop_reason"] == MAX_REPEATS and row["repeats"] == Adaptive().max_repeats
+    bad = run_cli(*args, "--repeats", "many", "--output", str(tmp_path))
+    assert bad.returncode != 0 and "--repeats must be a whole number or auto, got 'many'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_a_sweep_ends_with_where_its_time_went(tmp_path, tiny_model_dir):
+    from conftest import run_cli
+
+    config = tmp_path / "s.yaml"
+    config.write_text(
+        f"model: {tiny_model_dir}\noutput: {tmp_path / 'out'}\nrepeats: auto\nmin_repeats: 8\nmax_repeats: 12\n"
+        "target_ci: 0.5\nwarmup: 1\nprompt_lens: [4, 8]\ngen_lens: [4]\nbackends: [{name: hf-eager}]\n"
+    )
+    proc = run_cli("sweep", str(config))
+    assert proc.returncode == 0, proc.stderr
+    out = " ".join(proc.stdout.split())  # rich wraps lines at the terminal's width
+    assert "where the time went" in out and "untimed overhead" in out
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert "cells by why they stopped:" in out and all(r["stop_reason"] in out for r in doc["rows"])
+    breakdown = doc["time_breakdown"]
+    book = breakdown["by_backend_s"]["hf-eager"]
+    rows = doc["rows"]
+    assert book["timed"] == pytest.approx(sum(r["timed_s"] for r in rows))
+    assert book["warmup"] == pytest.approx(sum(r["warmup_s"] for r in rows))
+    assert book["load"] > 0 and breakdown["total_s"]["idle"] >= 0
+    parts = sum(breakdown["total_s"].values())
+    assert parts == pytest.approx(breakdown["wall_s"], rel=0.05)  # every second is in some part
+    assert breakdown["overhead_s"] == pytest.approx(breakdown["wall_s"] - book["timed"] - book["quality"])

@@ -30,6 +30,21 @@ if TYPE_CHECKING:
 
     from gpt2bench.measure.runner import CellResult
     from gpt2bench.measure.spec import QualitySettings, RunSpec
+    from gpt2bench.measure.stopping import Adaptive
+
+
+def parse_repeats(text: str, target_ci: float) -> tuple[int, Adaptive | None]:
+    """--repeats: a count, or auto (the stopping rule's defaults, with --target-ci)."""
+    from gpt2bench.core.errors import UsageError
+    from gpt2bench.measure.stopping import Adaptive
+
+    if text.strip().lower() == "auto":
+        rule = Adaptive(target_ci=target_ci)
+        return rule.max_repeats, rule
+    try:
+        return int(text), None
+    except ValueError:
+        raise UsageError(f"--repeats must be a whole number or auto, got '{text}'") from None
 
 
 def run(
@@ -37,7 +52,12 @@ def run(
     prompt_len: PromptLen = 50,
     gen_len: GenLen = 100,
     batch_size: BatchSize = 1,
-    repeats: Annotated[int, typer.Option(help="Timed repetitions.")] = 5,
+    repeats: Annotated[
+        str, typer.Option(help="Timed repetitions, or auto: until the medians are known to --target-ci.")
+    ] = "5",
+    target_ci: Annotated[
+        float, typer.Option(help="With --repeats auto: the medians' relative half-width to reach.")
+    ] = 0.02,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up generations.")] = 2,
     model: Model = None,
     threads: Threads = None,
@@ -67,12 +87,14 @@ def run(
     options = parse_options(option)
     if rebuild and "rebuild" in get_backend(backend).options:
         options["rebuild"] = True
+    count, adaptive = parse_repeats(repeats, target_ci)
     spec = RunSpec(
         backend=backend,
         prompt_len=prompt_len,
         gen_len=gen_len,
         batch_size=batch_size,
-        repeats=repeats,
+        repeats=count,
+        adaptive=adaptive,
         warmup=warmup,
         model=model,
         threads=threads_or_default(threads),

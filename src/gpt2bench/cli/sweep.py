@@ -164,17 +164,16 @@ def _run_with_progress(run: SweepRun, console: Console) -> None:
 
 def precision_lines(rows: list[dict], shown: int = 10) -> list[str]:
     """The cells' achieved precision: how many stopped for each reason, then the least precise
-    cells (up to `shown`) with their intervals' relative half-widths."""
+    cells (up to `shown`)."""
     import math
     from collections import Counter
+
+    from gpt2bench.report.summary import precision_line
 
     def worst(row: dict) -> float:
         found = [row.get(k) for k in ("tpot_ci_rel", "e2e_ci_rel") if isinstance(row.get(k), float)]
         defined = [v for v in found if not math.isnan(v)]
         return max(defined) if defined else math.inf
-
-    def pct(value: object) -> str:
-        return "unbounded" if not isinstance(value, float) or math.isnan(value) else f"+-{value:.1%}"
 
     rows = [r for r in rows if "stop_reason" in r]
     if not rows:
@@ -182,11 +181,7 @@ def precision_lines(rows: list[dict], shown: int = 10) -> list[str]:
     reasons = ", ".join(f"{n} {reason}" for reason, n in Counter(r["stop_reason"] for r in rows).most_common())
     lines = [f"achieved precision (interval of the median of TPOT and e2e), cells by why they stopped: {reasons}"]
     for row in sorted(rows, key=worst, reverse=True)[:shown]:
-        lines.append(
-            f"  {row['label']} prompt={row['prompt_len']} gen={row['gen_len']}: {row['repeats']} runs, "
-            f"TPOT {pct(row.get('tpot_ci_rel'))}, e2e {pct(row.get('e2e_ci_rel'))} "
-            f"at {row['ci_level']:.1%}, {row['stop_reason']}"
-        )
+        lines.append(f"  {row['label']} prompt={row['prompt_len']} gen={row['gen_len']}: {precision_line(row)}")
     return lines
 
 

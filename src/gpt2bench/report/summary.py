@@ -101,9 +101,23 @@ def print_summary(
     )
     console.print(Panel(header, title="gpt2bench run", expand=False))
     console.print(metrics_table(row))
+    if "stop_reason" in row:
+        console.print(f"precision: {precision_line(row)}", markup=False)
     _print_facts(console, row, details)
     _print_flags(console, row, sample_text, warnings)
     console.print(f"results: {out_folder}")
+
+
+def precision_line(row: dict[str, Any]) -> str:
+    """A row's achieved precision: runs, the medians' relative half-widths, level, why it stopped."""
+
+    def pct(value: object) -> str:
+        return "unbounded" if not isinstance(value, float) or math.isnan(value) else f"+-{value:.1%}"
+
+    return (
+        f"{row['repeats']} runs, median TPOT {pct(row.get('tpot_ci_rel'))}, e2e {pct(row.get('e2e_ci_rel'))} "
+        f"({row['ci_level']:.1%} interval), stopped: {row['stop_reason']}"
+    )
 
 
 def metrics_table(row: dict[str, Any]) -> Table:
