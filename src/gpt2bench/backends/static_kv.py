@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from gpt2bench.models.ref import ModelRef
 
 CACHE_ROUND = 64  # cache length rounded up, so nearby cells share a compiled graph
+RECOMPILE_LIMIT = 64  # graphs kept per step function (dynamo's default: 8)
 # Where bf16/fp16 is emulated, calls with at least this many rows (batch x tokens) run their GEMMs
 # in fp32 from widened weights. Measured on a Zen 3, 124M bf16: widening costs ~40 ms a call and
 # the templated bf16 GEMMs ~4 ms a row, so below ~10-16 rows the template wins (prompt 8: 37 ms
@@ -161,6 +162,13 @@ class _StaticKV(TorchDevice, Backend):
             self._decode, self._prefill = decode_step, prefill_step
             self._wide_prefill, self._full = wide_prefill, logits_step
             return
+        # This instance's graphs only: graphs left by another instance in the process (a test's, a
+        # profile's) would share the step functions' dynamo cache and its recompile limit, and were
+        # measured to slow a tiny model's decode ~17% through guard checks.
+        torch._dynamo.reset()
+        # Every cache shape keeps its graphs (one per shape, sampling and prompt-length class): a
+        # sweep's shapes must not hit the default limit of 8 (fullgraph makes that an error).
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         self._skips_at_compile = cudagraph_skips()
         short_options: dict[str, Any] = {}
         if self.device.type == "cpu":
