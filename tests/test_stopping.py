@@ -125,31 +125,44 @@ def test_harness_runs_until_the_rule_stops_and_records_why(tiny_model, tokenizer
     assert m.timed_s <= m.loop_s and m.warmup_s > 0
 
 
-def test_adaptive_runs_on_shared_compiles_match_a_fixed_count_measured_alone(tiny_model, tokenizer):
-    """A cell measured adaptively on graphs compiled for it earlier in the session (after another
-    cell's shape) has the median of the same cell measured alone with a fixed count, within their
-    intervals, and reusing the graphs compiled nothing."""
-    import torch
-    from torch._dynamo.utils import counters
+SESSION = """
+import json, sys
+from pathlib import Path
+from torch._dynamo.utils import counters
+from gpt2bench.backends import BackendSettings, get_backend
+from gpt2bench.backends.base import Sampling
+from gpt2bench.measure.harness import measure
+from gpt2bench.measure.prompts import make_prompts
+from gpt2bench.measure.stopping import Adaptive
+from gpt2bench.models.ref import load_tokenizer, local_model
 
-    options = {"compile_mode": "default"}
-    prompts = make_prompts(tokenizer, 8, 1)
-    torch._dynamo.reset()  # each session on its own graphs, as in its own worker process
-    shared = load_backend("static-kv", tiny_model, options=options)
-    measure(shared, prompts, 24, Sampling(), 1, 1)  # this cell's graphs
-    measure(shared, prompts, 100, Sampling(), 1, 1)  # another cache length
+model = local_model("tiny", Path(sys.argv[1]))
+backend = get_backend("static-kv").create()
+backend.load(model, BackendSettings(threads=2, options={"compile_mode": "default"}))
+prompts = make_prompts(load_tokenizer(model), 8, 1)
+if sys.argv[2] == "shared":
+    measure(backend, prompts, 24, Sampling(), 1, 1)  # this cell's graphs
+    measure(backend, prompts, 100, Sampling(), 1, 1)  # another cache length
     graphs = counters["stats"]["unique_graphs"]
-    adaptive = measure(shared, prompts, 24, Sampling(), 2, 1, adaptive=Adaptive(0.02, 8, 18, 30))
-    assert counters["stats"]["unique_graphs"] == graphs  # back on the first cell's graphs
-    shared.close()
-    torch._dynamo.reset()
-    alone = load_backend("static-kv", tiny_model, options=options)
-    fixed = measure(alone, prompts, 24, Sampling(), 2, 12)
-    alone.close()
-    fixed_p, adaptive_p = fixed.precision(), adaptive.precision()
+    m = measure(backend, prompts, 24, Sampling(), 2, 1, adaptive=Adaptive(0.02, 8, 18, 30))
+    assert counters["stats"]["unique_graphs"] == graphs, "returning to the first shape compiled again"
+else:
+    m = measure(backend, prompts, 24, Sampling(), 2, 12)
+print(json.dumps(m.precision()))
+"""
+
+
+def test_adaptive_runs_on_shared_compiles_match_a_fixed_count_measured_alone(tiny_model_dir):
+    """A cell measured adaptively on graphs compiled for it earlier in its worker (after another
+    cell's shape) has the median of the same cell measured alone with a fixed count, within their
+    intervals; and going back to its shape compiled nothing. Each in a fresh process, as workers."""
+    from conftest import run_python
+
+    shared = json.loads(run_python(SESSION, str(tiny_model_dir), "shared").splitlines()[-1])
+    alone = json.loads(run_python(SESSION, str(tiny_model_dir), "alone").splitlines()[-1])
     for metric in ("tpot", "e2e"):
-        assert fixed_p[f"{metric}_median_ci_low"] <= adaptive_p[f"{metric}_median_ci_high"]
-        assert adaptive_p[f"{metric}_median_ci_low"] <= fixed_p[f"{metric}_median_ci_high"]
+        assert alone[f"{metric}_median_ci_low"] <= shared[f"{metric}_median_ci_high"], (metric, alone, shared)
+        assert shared[f"{metric}_median_ci_low"] <= alone[f"{metric}_median_ci_high"], (metric, alone, shared)
 
 
 def test_run_repeats_auto_reports_its_precision_and_bad_counts_are_one_line(tmp_path, tiny_model_dir):
