@@ -71,7 +71,9 @@ def test_stopping_at_the_first_precise_look_keeps_the_reported_interval_honest()
         low, high = median_ci(draws[:n], rule.confidence())
         covered += low <= true_median <= high
     assert stopped_early > trials / 4  # the rule did stop early, so this is a test of stopping
-    assert covered / trials >= 0.95
+    # Bonferroni is conservative: ~98.8% here. Plain 95% intervals at every look (no correction)
+    # covered 94.75% of 4,000 such cells: the optimism this guards against, and what fails this.
+    assert covered / trials >= 0.975
 
 
 def test_adaptive_settings_are_checked_with_one_line_errors():

@@ -75,8 +75,8 @@ class KVCache(nn.Module):
     def resize(
         self, batch: int, n_head: int, max_len: int, head_dim: int, dtype: torch.dtype, device: torch.device
     ) -> None:
-        """New buffers in the same module: compiled code that reads this module sees new tensors of
-        a new shape, not a new module (which dynamo would compile for anew)."""
+        """New zeroed buffers of a new shape in the same module (static_kv keeps each shape's
+        tensors and points the module back at them when a cell returns to that shape)."""
         shape = (batch, n_head, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
@@ -174,7 +174,7 @@ class GPT2(nn.Module):
         `widen` computes the projections in fp32 (see `linear`); lm_head too unless `last_only`,
         where it has one row per sequence and widening 38M weights would cost more than it saves."""
         # [1, 1, seq, max_len]: key j visible iff j <= pos. Built from the cache's length rather than
-        # kept as a buffer: a compiled graph with the length as a dimension serves every cache size.
+        # kept as a buffer, so the cache tensors are the only state a cache shape has.
         slots = torch.arange(self.h[0].attn.kv_cache.k.shape[2], device=pos.device)
         mask = (slots[None, :] <= pos[:, None])[None, None]
         x = self.wte(idx) + self.wpe(pos)

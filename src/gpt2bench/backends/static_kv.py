@@ -150,7 +150,8 @@ class _StaticKV(TorchDevice, Backend):
         return {}
 
     def _compile(self) -> None:
-        """(Re)build the step functions for the current cache shapes."""
+        """Build the step functions, once per instance; every cache shape then compiles its own
+        graphs of them on first use (setup), kept for the instance's life."""
         import torch
 
         self._compiled = True

@@ -189,8 +189,6 @@ def measure(
     scope = "measurement" if reset_peak_rss() else "process"
     backend.reset_peak_memory()
     loop = _timed_runs(backend, prompts, gen_len, sampling, repeats, on_step, probe, adaptive)
-    if probe:
-        loop.bandwidth.append(probe())
     generations = loop.generations
     return Measurement(
         generations,
@@ -258,4 +256,8 @@ def _timed_runs(
                     loop.stop_reason = reason
                     break
     loop.wall_s = (time.perf_counter_ns() - started) / 1e9
+    if probe:  # after the last run too: each run sits between two probes
+        p0 = time.perf_counter_ns()
+        loop.bandwidth.append(probe())
+        loop.probe_s += (time.perf_counter_ns() - p0) / 1e9
     return loop

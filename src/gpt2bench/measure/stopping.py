@@ -80,15 +80,20 @@ class Adaptive:
         return asdict(self)
 
 
-def precision(values: Sequence[float], confidence: float) -> float:
-    """Relative half-width of the median's interval; NaN when the values cannot bound it (too few
-    of them, or all NaN, as TPOT of 1-token runs is)."""
+def interval(values: Sequence[float], confidence: float) -> tuple[float, float, float]:
+    """The median's interval (low, high) at `confidence` and its relative half-width; NaNs when the
+    values cannot bound it (too few of them, or all NaN, as TPOT of 1-token runs is)."""
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
-        return math.nan
+        return math.nan, math.nan, math.nan
     low, high = median_ci(finite, confidence)
     mid = statistics.median(finite)
-    return (high - low) / 2 / mid if mid > 0 else math.nan
+    return low, high, (high - low) / 2 / mid if mid > 0 else math.nan
+
+
+def precision(values: Sequence[float], confidence: float) -> float:
+    """Relative half-width of the median's interval (NaN: not bounded)."""
+    return interval(values, confidence)[2]
 
 
 def precision_columns(runs: dict[str, Sequence[float]], confidence: float) -> dict[str, float]:
@@ -96,11 +101,9 @@ def precision_columns(runs: dict[str, Sequence[float]], confidence: float) -> di
     relative half-width (`tpot_median_ci_low`, ..., `e2e_ci_rel`)."""
     out: dict[str, float] = {}
     for name in CHECKED:
-        finite = [v for v in runs[name] if not math.isnan(v)]
-        low, high = median_ci(finite, confidence) if finite else (math.nan, math.nan)
         metric = name.removesuffix("_ms")
-        out[f"{metric}_median_ci_low"], out[f"{metric}_median_ci_high"] = low, high
-        out[f"{metric}_ci_rel"] = precision(runs[name], confidence)
+        low, high, rel = interval(runs[name], confidence)
+        out[f"{metric}_median_ci_low"], out[f"{metric}_median_ci_high"], out[f"{metric}_ci_rel"] = low, high, rel
     return out
 
 
