@@ -34,7 +34,8 @@ def test_cache_is_allocated_once_and_written_in_place(compiled, prompts):
     compiled.setup(2, 16, 30, Sampling())
     caches = compiled.cache_tensors()
     before = [(t.data_ptr(), tuple(t.shape)) for t in caches]
-    assert before[0][1] == (2, 2, 64, 32)  # [batch, heads, 16 + 30 rounded up to 64, head_dim]
+    assert before[0][1] == (2, 2, 1024 + 64, 32)  # [batch, heads, the model's context + a round, head_dim]
+    assert compiled.describe()["cache_len"] == 64  # the window read: 16 + 30, rounded up to 64
     steps = compiled.generate(prompts, 30, Sampling())
     for i, _ in enumerate(steps):
         if i == 10:  # mid-decode: same storage, nothing grew
@@ -51,13 +52,13 @@ def test_setup_compiles_the_cell_frozen_so_timed_generation_compiles_nothing(com
     from torch._dynamo.utils import counters
 
     packed = counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"]
-    compiled.setup(2, 16, 60, Sampling())  # cache length 128: no other test uses it, so it compiles
+    compiled.setup(1, 16, 60, Sampling())  # batch 1: no test before uses it, so it compiles
     # Freezing made the weights constants, so inductor prepacked them for its CPU GEMMs (without it
     # every weight stays a graph input and nothing is packed); and the setting did not leak out.
     assert counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] > packed
     assert torch._inductor.config.freezing is False
     graphs = counters["stats"]["unique_graphs"]
-    assert greedy(compiled, prompts, 60).shape == (2, 60)
+    assert greedy(compiled, prompts[:1], 60).shape == (1, 60)
     assert counters["stats"]["unique_graphs"] == graphs  # compile time stays in setup_s
 
 
@@ -100,7 +101,7 @@ def test_full_context_prompt_plus_generation_of_1024(eager, tiny_model, tokenize
     ids = make_prompts(tokenizer, 1000, 1).input_ids
     hf = load_backend("hf-eager", tiny_model)
     np.testing.assert_array_equal(greedy(eager, ids, 24), greedy(hf, ids, 24))
-    assert eager.describe()["cache_shape"][2] == 1024
+    assert eager.describe()["cache_len"] == 1024
 
 
 def test_batch_change_reallocates_between_cells(compiled, tokenizer, prompts, reference):
@@ -220,14 +221,44 @@ def test_cuda_graphs_are_reported_as_used_only_when_inductor_captured_them(tiny_
     assert "cuda_graph_skips" not in eager and eager["compile_cache"] == "none"
 
 
-def test_each_cell_gets_a_cache_of_its_own_length(eager, tokenizer):
+def test_each_cell_reads_a_window_of_its_own_length(eager, tokenizer):
     from gpt2bench.backends.base import Sampling
 
     eager.setup(1, 600, 10, Sampling())
-    assert eager.describe()["cache_shape"][2] == 640
-    eager.setup(1, 8, 5, Sampling())  # a short cell after a long one: not the long cell's cache
-    assert eager.describe()["cache_shape"][2] == 64
+    assert eager.describe()["cache_len"] == 640
+    eager.setup(1, 8, 5, Sampling())  # a short cell after a long one: not the long cell's window
+    assert eager.describe()["cache_len"] == 64
     ids = make_prompts(tokenizer, 8, 1).input_ids
-    eager.logits(make_prompts(tokenizer, 100, 1).input_ids)  # the logits path may grow it...
+    eager.logits(make_prompts(tokenizer, 100, 1).input_ids)  # the logits path sizes it for itself...
+    assert eager.describe()["cache_len"] == 128
     greedy(eager, ids, 5)  # ...and generation sizes it back for its cell
-    assert eager.describe()["cache_shape"][2] == 64
+    assert eager.describe()["cache_len"] == 64
+    assert eager.describe()["cache_shape"][2] == 1024 + 64  # one allocation: the context and a round
+
+
+def test_one_decode_graph_serves_every_window(compiled, prompts, reference):
+    from torch._dynamo.utils import counters
+
+    compiled.setup(2, 16, 14, Sampling())  # window 64
+    graphs = counters["stats"]["unique_graphs"]
+    for gen, window in [(200, 256), (400, 448), (1000, 1024)]:
+        compiled.setup(2, 16, gen, Sampling())
+        assert compiled.describe()["cache_len"] == window
+    long = greedy(compiled, prompts, 400)  # window 448, the other end of the cache from 64
+    assert counters["stats"]["unique_graphs"] == graphs  # before windows, every one compiled anew
+    np.testing.assert_array_equal(long[:, :30], reference[0])
+
+
+def test_rows_carry_the_window_their_decode_read(tiny_model_dir):
+    from gpt2bench.measure.runner import run_cell
+    from gpt2bench.measure.spec import RunSpec
+
+    spec = RunSpec(backend="static-kv-eager", model=str(tiny_model_dir), prompt_len=60, gen_len=10, warmup=0, repeats=2)
+    assert run_cell(spec, "r", lambda _msg: None).row["cache_len"] == 128  # 70 slots, rounded up to 64
+
+
+def test_an_instance_survives_another_resetting_dynamo(compiled, tiny_model, prompts, reference):
+    np.testing.assert_array_equal(greedy(compiled, prompts, 30), reference[0])  # warm: guards skipped
+    other = load_backend("static-kv", tiny_model, options=FAST_COMPILE)
+    greedy(other, prompts[:1], 5)  # its first compile resets dynamo: the graphs above are gone
+    np.testing.assert_array_equal(greedy(compiled, prompts, 30), reference[0])  # compiled again

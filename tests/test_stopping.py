@@ -112,6 +112,28 @@ def test_sweep_config_reads_repeats_auto(tmp_path):
         _sweep_yaml(tmp_path, "repeats: auto\ninterleave: true\n")
 
 
+def test_sweep_flags_override_the_configs_repetitions(tmp_path):
+    from gpt2bench.cli.sweep import _with_repeats
+
+    fixed = _sweep_yaml(tmp_path, "repeats: 3\n")
+    auto = _with_repeats(fixed, "auto", 0.03)
+    assert auto.adaptive == Adaptive(target_ci=0.03) and auto.repeats == Adaptive().max_repeats
+    own = _sweep_yaml(tmp_path, "repeats: auto\nmin_repeats: 8\nmax_repeats: 12\ncell_budget_s: 5\n")
+    assert _with_repeats(own, "auto", None).adaptive == own.adaptive  # the config's own rule is kept
+    assert _with_repeats(own, None, 0.05).adaptive == Adaptive(0.05, 8, 12, 5.0)
+    back = _with_repeats(own, "4", None)
+    assert back.repeats == 4 and back.adaptive is None
+    for args, message in [
+        ((fixed, None, 0.02), "--target-ci applies to repeats auto: add --repeats auto"),
+        ((fixed, "4", 0.02), "--target-ci applies to repeats auto, not to a fixed count"),
+        ((fixed, "0", None), "--repeats must be at least 1, got 0"),
+        ((fixed, "many", None), "--repeats must be a whole number or auto, got 'many'"),
+        ((fixed, "auto", 2.0), r"target_ci must be in \(0, 1\)"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            _with_repeats(*args)
+
+
 def test_harness_runs_until_the_rule_stops_and_records_why(tiny_model, tokenizer):
     backend = load_backend("hf-eager", tiny_model)
     prompts = make_prompts(tokenizer, 8, 1)

@@ -2,8 +2,10 @@
 
 The cache is allocated once as [batch, heads, max_len, head_dim] and written in place at the
 current positions, so decoding has fixed shapes: torch.compile builds one graph and reuses it for
-every token, and CUDA graphs can capture it. Attention masks by position, which also hides
-whatever an earlier generation left in the cache beyond the current position.
+every token, and CUDA graphs can capture it. Attention reads a window of the cache, its first
+`len(slots)` positions: a caller sizes the window for its generation, and a compiler that treats
+that length as dynamic serves every window with one graph. Attention masks by position, which
+also hides whatever an earlier generation left in the window beyond the current position.
 
 `widen=True` runs the projections of a call in fp32 from bf16/fp16 weights (see `linear`): for
 CPUs that have no instructions for those types, on calls with many rows.
@@ -113,6 +115,8 @@ class Attention(nn.Module):
         q, k, v = (t.view(batch, seq, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
         assert self.kv_cache is not None, "call GPT2.setup_caches first"
         k, v = self.kv_cache.update(pos, k, v)
+        window = mask.shape[-1]  # the slots this call reads: the window, not the whole cache
+        k, v = k[:, :, :window], v[:, :, :window]
         if seq == 1 and x.device.type == "cpu" and torch.compiler.is_compiling():
             y = decode_attention(q, k, v, mask)
         else:
@@ -155,8 +159,6 @@ class GPT2(nn.Module):
 
     def setup_caches(self, batch: int, max_len: int) -> None:
         """Allocate the KV cache once; generation never grows it."""
-        if max_len > self.cfg.n_positions:
-            raise ValueError(f"max_len {max_len} exceeds the model's {self.cfg.n_positions} positions")
         dtype, device = self.wte.weight.dtype, self.wte.weight.device
         for block in self.h:
             shape = (batch, self.cfg.n_head, max_len, self.cfg.head_dim, dtype, device)
@@ -167,16 +169,22 @@ class GPT2(nn.Module):
         self.max_len = max_len
 
     def forward(
-        self, idx: torch.Tensor, pos: torch.Tensor, last_only: bool = False, widen: bool = False
+        self,
+        idx: torch.Tensor,
+        pos: torch.Tensor,
+        slots: torch.Tensor | None = None,
+        last_only: bool = False,
+        widen: bool = False,
     ) -> torch.Tensor:
         """idx [batch, seq] at positions pos [seq] -> logits [batch, seq or 1, vocab].
 
+        `slots` is arange(window): attention reads the cache's first `window` positions (default:
+        all of it). It is a tensor, not an int, so a compiler can take its length as a dynamic size.
         `widen` computes the projections in fp32 (see `linear`); lm_head too unless `last_only`,
         where it has one row per sequence and widening 38M weights would cost more than it saves."""
-        # [1, 1, seq, max_len]: key j visible iff j <= pos. Built from the cache's length rather than
-        # kept as a buffer, so the cache tensors are the only state a cache shape has.
-        slots = torch.arange(self.h[0].attn.kv_cache.k.shape[2], device=pos.device)
-        mask = (slots[None, :] <= pos[:, None])[None, None]
+        if slots is None:
+            slots = torch.arange(self.max_len, device=pos.device)
+        mask = (slots[None, :] <= pos[:, None])[None, None]  # [1, 1, seq, window]: key j visible iff j <= pos
         x = self.wte(idx) + self.wpe(pos)
         for block in self.h:
             x = block(x, pos, mask, widen)

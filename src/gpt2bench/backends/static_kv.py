@@ -3,8 +3,11 @@
 On the CPU the decode step is compiled with inductor in "max-autotune-no-cudagraphs" mode with
 weight freezing; on CUDA with "reduce-overhead" (CUDA graphs), fullgraph. Prefill and the
 one-token decode step are compiled separately: prefill with dynamic shapes, decode with the fixed
-shapes the static cache gives it, so one graph serves every token. `setup` allocates the cache for
-the cell and compiles before warm-up; the harness reports that time as setup_s, never in TTFT.
+shapes the static cache gives it, so one graph serves every token. The cache is allocated once per
+batch size at the model's full context; each cell's attention reads a window of it sized for the
+cell (prompt + generation, rounded up to 64 slots), and that window's length is the one dynamic
+size of the decode graph, so one graph serves every cell of a sweep. `setup` sizes the window and
+compiles before warm-up; the harness reports that time as setup_s, never in TTFT.
 
 No host sync inside a step: the next token stays on the device and feeds the next step, the
 position is a device tensor advanced in place, and sampling uses the exponential-noise argmax
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
     from gpt2bench.backends.base import Sampling
     from gpt2bench.models.ref import ModelRef
 
-CACHE_ROUND = 64  # cache length rounded up, so nearby cells share a compiled graph
+CACHE_ROUND = 64  # the attention window, rounded up: the slots a cell's decode step reads
 RECOMPILE_LIMIT = 64  # graphs kept per step function (dynamo's default: 8)
 # Where bf16/fp16 is emulated, calls with at least this many rows (batch x tokens) run their GEMMs
 # in fp32 from widened weights. Measured on a Zen 3, 124M bf16: widening costs ~40 ms a call and
@@ -67,30 +70,31 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: floa
     return (probs / noise).argmax(dim=-1)
 
 
+# Every step takes the model, the ids, their positions and `slots` (arange of the attention window).
 def prefill_step(
-    model: Any, idx: torch.Tensor, pos: torch.Tensor, temperature: float, top_k: int, top_p: float
+    model: Any, idx: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, temperature: float, top_k: int, top_p: float
 ) -> torch.Tensor:
-    return next_token(model(idx, pos, last_only=True)[:, -1], temperature, top_k, top_p)
+    return next_token(model(idx, pos, slots, last_only=True)[:, -1], temperature, top_k, top_p)
 
 
 def wide_prefill_step(
-    model: Any, idx: torch.Tensor, pos: torch.Tensor, temperature: float, top_k: int, top_p: float
+    model: Any, idx: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, temperature: float, top_k: int, top_p: float
 ) -> torch.Tensor:
-    return next_token(model(idx, pos, last_only=True, widen=True)[:, -1], temperature, top_k, top_p)
+    return next_token(model(idx, pos, slots, last_only=True, widen=True)[:, -1], temperature, top_k, top_p)
 
 
 def decode_step(
-    model: Any, idx: torch.Tensor, pos: torch.Tensor, temperature: float, top_k: int, top_p: float
+    model: Any, idx: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, temperature: float, top_k: int, top_p: float
 ) -> torch.Tensor:
-    return next_token(model(idx, pos)[:, -1], temperature, top_k, top_p)
+    return next_token(model(idx, pos, slots)[:, -1], temperature, top_k, top_p)
 
 
-def full_logits(model: Any, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    return model(idx, pos)
+def full_logits(model: Any, idx: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    return model(idx, pos, slots)
 
 
-def wide_full_logits(model: Any, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    return model(idx, pos, widen=True)
+def wide_full_logits(model: Any, idx: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    return model(idx, pos, slots, widen=True)
 
 
 def cudagraph_skips() -> int:
@@ -124,6 +128,7 @@ def with_freezing(compiled: Callable[..., Any]) -> Callable[..., Any]:
 
 class _StaticKV(TorchDevice, Backend):
     compiled: ClassVar[bool]
+    resets: ClassVar[int] = 0  # dynamo resets by static-kv instances in this process
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
@@ -143,19 +148,21 @@ class _StaticKV(TorchDevice, Backend):
         self.wants_graphs = MODE_OPTIONS.get(self.mode or "default", {}).get("triton.cudagraphs", False)
         self.cudagraphs = self.device.type == "cuda" and self.wants_graphs
         self._skips_at_compile = cudagraph_skips()
-        self.shape: tuple[int, int] | None = None
+        self.shape: tuple[int, int] | None = None  # (batch, window)
+        self._slots: torch.Tensor | None = None  # arange(window)
         self._compiled = False
-        self._caches: dict[tuple[int, int], list[torch.Tensor]] = {}  # (batch, length): k, v of every layer
+        self._caches: dict[int, list[torch.Tensor]] = {}  # batch size: k, v of every layer
         self.compile_cache = inductor_cache_state() if self.mode is not None else "none"
         return {}
 
     def _compile(self) -> None:
-        """Build the step functions, once per instance; every cache shape then compiles its own
-        graphs of them on first use (setup), kept for the instance's life."""
+        """Build the step functions, once per instance. Their graphs compile on first use (setup) and
+        are kept for the instance's life: one decode graph per batch size and sampling setting,
+        whatever the window."""
         import torch
 
         self._compiled = True
-        self._warm: set[tuple[tuple[int, int], float, int, float]] = set()  # (cache shape, sampling) decoded
+        self._warm: set[tuple[tuple[int, int], float, int, float]] = set()  # (batch, window, sampling) decoded
         # Where bf16/fp16 is emulated, long calls run their GEMMs in fp32 (gpt2.linear, WIDEN_ROWS).
         wide_prefill = wide_prefill_step if self.emulated else None
         logits_step = wide_full_logits if self.emulated else full_logits
@@ -167,8 +174,10 @@ class _StaticKV(TorchDevice, Backend):
         # profile's) would share the step functions' dynamo cache and its recompile limit, and were
         # measured to slow a tiny model's decode ~17% through guard checks.
         torch._dynamo.reset()
-        # Every cache shape keeps its graphs (one per shape, sampling and prompt-length class): a
-        # sweep's shapes must not hit the default limit of 8 (fullgraph makes that an error).
+        _StaticKV.resets += 1
+        self._epoch = _StaticKV.resets
+        # Graphs are kept per batch size, sampling setting and prompt-length class: a long-lived
+        # process must not hit the default limit of 8 (fullgraph makes that an error).
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         self._skips_at_compile = cudagraph_skips()
         short_options: dict[str, Any] = {}
@@ -207,32 +216,40 @@ class _StaticKV(TorchDevice, Backend):
         self._decode, self._prefill = decode, prefill
         self._wide_prefill, self._full = wide_prefill, full
 
-    def _ensure_cache(self, batch: int, length: int, exact: bool = True) -> None:
-        """Generation wants the cache sized for its own cell (exact), since attention reads every
-        slot: a cache left large by an earlier, longer cell would slow a short cell and make a
-        sweep's numbers depend on its order. The logits path may reuse any cache long enough."""
-        max_len = min(self.model.cfg.n_positions, -(-length // CACHE_ROUND) * CACHE_ROUND)
-        fits = self.shape is not None and self.shape[0] == batch
-        if fits and (self.shape[1] == max_len or (not exact and self.shape[1] >= length)):
+    def _ensure_cache(self, batch: int, length: int) -> None:
+        """Size the attention window for this call (prompt + generation, rounded up), since attention
+        reads every slot of it: a window left large by an earlier, longer cell would slow a short
+        cell and make a sweep's numbers depend on its order. The window is the decode graph's
+        dynamic size, so changing it compiles nothing (a new batch size does)."""
+        import torch
+
+        window = min(self.model.cfg.n_positions, -(-length // CACHE_ROUND) * CACHE_ROUND)
+        if self.shape == (batch, window):
             return
-        self._use_cache(batch, max_len)
-        self.shape = (batch, max_len)
+        if self.shape is None or self.shape[0] != batch:
+            self._use_cache(batch)
+        self.shape = (batch, window)
+        self._slots = torch.arange(window, device=self.device)
         if not self._compiled:
             self._compile()
+        if self.mode is not None:
+            # Without this dynamo would specialize the first window it sees and compile anew for each
+            # other one (45-57 s a window for 124M at max-autotune, measured on a Zen 4).
+            torch._dynamo.mark_dynamic(self._slots, 0)
 
-    def _use_cache(self, batch: int, max_len: int) -> None:
-        """Point the model at this shape's cache tensors, allocated on first use and then kept.
-        Compiled graphs are guarded on the identity of the cache tensors (frozen graphs take them as
-        inputs by identity), so a shape seen before finds its graphs again instead of compiling
-        anew: a cpu.yaml sweep returns to cache 64 after quality's 1024 and after prompt 1 gen 100."""
-        kept = self._caches.get((batch, max_len))
+    def _use_cache(self, batch: int) -> None:
+        """Point the model at this batch size's cache, allocated on first use and then kept. Compiled
+        graphs are guarded on the identity of the cache tensors (frozen graphs take them as inputs by
+        identity), so a batch size seen before finds its graphs again. It holds the model's context
+        and one round more: a window as long as the cache would be a slice of all of it, which dynamo
+        specializes (a second graph) instead of reading it as the one dynamic length."""
+        kept = self._caches.get(batch)
         if kept is None:
-            self.model.setup_caches(batch, max_len)
-            self._caches[(batch, max_len)] = [t for c in self._kv_modules() for t in (c.k, c.v)]
+            self.model.setup_caches(batch, self.model.cfg.n_positions + CACHE_ROUND)
+            self._caches[batch] = [t for c in self._kv_modules() for t in (c.k, c.v)]
             return
         for cache, k, v in zip(self._kv_modules(), kept[::2], kept[1::2], strict=True):
             cache.k, cache.v = k, v
-        self.model.max_len = max_len
 
     def _kv_modules(self) -> list[Any]:
         return [block.attn.kv_cache for block in self.model.h]
@@ -244,7 +261,7 @@ class _StaticKV(TorchDevice, Backend):
         # A short generation on the cell's cache, not `generate`: that would size the cache (and
         # compile) for the short generation, leaving the cell's compile to its first timed call.
         what = f"compiling (mode {self.mode}) for" if self.mode is not None else "a first generation at"
-        with progress.phase(f"static-kv: {what} batch {batch_size}, cache {self.shape[1]}"):
+        with progress.phase(f"static-kv: {what} batch {batch_size}, window {self.shape[1]}"):
             for _ in self._generate(dummy, min(max_new_tokens, 3), sampling):
                 pass
         return {}
@@ -268,7 +285,7 @@ class _StaticKV(TorchDevice, Backend):
             idx = torch.from_numpy(input_ids).to(self.device)
             wide = self._wide_prefill is not None and batch * seq >= WIDEN_ROWS
             prefill = self._wide_prefill if wide else self._prefill
-            token = prefill(self.model, idx, torch.arange(seq, device=self.device), *params)
+            token = prefill(self.model, idx, torch.arange(seq, device=self.device), self._slots, *params)
             pos = torch.tensor([seq], device=self.device)  # advanced in place on the device
         yield token.cpu().numpy()
         # Once these sampling parameters have run a decode step on the current graphs, dynamo's guards
@@ -276,26 +293,38 @@ class _StaticKV(TorchDevice, Backend):
         # only pick the graph we already know, so only the guards that tell our graphs apart run.
         # Parameters not seen yet take the full guards, which compile them a graph of their own.
         seen = (self.shape, *params)
-        trusted = self.mode is not None and seen in self._warm
+        trusted = self._trusted(seen)
         for _ in range(max_new_tokens - 1):
             with torch.inference_mode(), torch.compiler.set_stance(skip_guard_eval_unsafe=trusted):
                 if self.cudagraphs:
                     torch.compiler.cudagraph_mark_step_begin()
-                token = self._decode(self.model, token.view(batch, 1), pos, *params)
+                token = self._decode(self.model, token.view(batch, 1), pos, self._slots, *params)
                 if self.cudagraphs:
                     token = token.clone()  # the graph's output buffer is overwritten on replay
                 pos += 1
             self._warm.add(seen)
             yield token.cpu().numpy()
 
+    def _trusted(self, seen: tuple[Any, ...]) -> bool:
+        """Whether decoding `seen` (shape and sampling) may skip dynamo's guards: only on graphs this
+        instance has run. Another instance's first compile resets dynamo, and with it ours: they
+        compile again, under full guards (skipped, dynamo refuses to recompile and raises)."""
+        if self.mode is None:
+            return False
+        if self._epoch != _StaticKV.resets:
+            self._warm.clear()
+            self._epoch = _StaticKV.resets
+        return seen in self._warm
+
     def logits(self, input_ids: np.ndarray) -> np.ndarray:
         import torch
 
         batch, seq = input_ids.shape
-        self._ensure_cache(batch, seq, exact=False)
+        self._ensure_cache(batch, seq)
         with torch.inference_mode():
             idx = torch.from_numpy(input_ids).to(self.device)
-            return self._full(self.model, idx, torch.arange(seq, device=self.device)).float().cpu().numpy()
+            pos = torch.arange(seq, device=self.device)
+            return self._full(self.model, idx, pos, self._slots).float().cpu().numpy()
 
     def cache_tensors(self) -> list[torch.Tensor]:
         return [t for block in self.model.h for t in (block.attn.kv_cache.k, block.attn.kv_cache.v)]
@@ -314,7 +343,8 @@ class _StaticKV(TorchDevice, Backend):
             info["cuda_graph_skips"] = skipped
         if self.shape:
             caches = self.cache_tensors()
-            info["cache_shape"] = list(caches[0].shape)
+            info["cache_shape"] = list(caches[0].shape)  # allocated: the model's full context
+            info["cache_len"] = self.shape[1]  # the window attention reads, a column of the row
             info["cache_mb"] = round(sum(t.numel() * t.element_size() for t in caches) / 2**20, 1)
         return info
 

@@ -39,6 +39,12 @@ def sweep(
     address: Annotated[
         str | None, typer.Option(help="With --executor ray: the cluster, auto or host:port or ray://host:port.")
     ] = None,
+    repeats: Annotated[
+        str | None, typer.Option(help="Timed repetitions per cell, or auto (overrides the config).")
+    ] = None,
+    target_ci: Annotated[
+        float | None, typer.Option(help="With repeats auto: the medians' relative half-width to reach.")
+    ] = None,
 ) -> None:
     """Run every backend of a sweep config over its cells, each backend in a fresh worker process."""
     from rich.console import Console
@@ -54,12 +60,38 @@ def sweep(
     if quality is not None:
         spec = dataclasses.replace(spec, quality=dataclasses.replace(spec.quality, enabled=quality))
     spec = _with_cluster(spec, executor, address)
+    spec = _with_repeats(spec, repeats, target_ci)
     console = Console()
     with phases_shown(console):  # the model's first build, before the sweep's own bar
         run = _start(spec, config, resume, console, force)
     if run is not None:
         _run_with_progress(run, console)
         _report(run, console)
+
+
+def _with_repeats(spec: SweepSpec, repeats: str | None, target_ci: float | None) -> SweepSpec:
+    """The config's repetitions with --repeats and --target-ci over them. `--repeats auto` keeps the
+    config's own rule (its minimum, maximum and budget) when it has one."""
+    from gpt2bench.cli.run import parse_repeats
+    from gpt2bench.measure.stopping import Adaptive
+
+    if repeats is None and target_ci is None:
+        return spec
+    if repeats is None and spec.adaptive is None:
+        raise UsageError("--target-ci applies to repeats auto: add --repeats auto")
+    rule = spec.adaptive if repeats is None else parse_repeats(repeats, Adaptive().target_ci)[1]
+    if rule is None:
+        count = parse_repeats(str(repeats), 0.0)[0]
+        if count < 1:
+            raise UsageError(f"--repeats must be at least 1, got {count}")
+        if target_ci is not None:
+            raise UsageError("--target-ci applies to repeats auto, not to a fixed count")
+        return dataclasses.replace(spec, repeats=count, adaptive=None)
+    rule = dataclasses.replace(spec.adaptive or rule)
+    if target_ci is not None:
+        rule = dataclasses.replace(rule, target_ci=target_ci)
+    rule.validate()
+    return dataclasses.replace(spec, repeats=rule.max_repeats, adaptive=rule)
 
 
 def _with_cluster(spec: SweepSpec, executor: str | None, address: str | None) -> SweepSpec:

@@ -133,7 +133,8 @@ COLUMNS = IDENTITY_COLUMNS + MEASURE_COLUMNS + QUALITY_COLUMNS + ROOFLINE_COLUMN
 
 
 # Facts a backend's describe() reports that qualify its numbers, so they are columns of the row.
-ROW_DETAILS = ("compile_cache", "async_scheduling", "cuda_use_tf32")
+# cache_len: the slots a static-kv decode step reads (its attention window), which its TPOT depends on.
+ROW_DETAILS = ("compile_cache", "cache_len", "async_scheduling", "cuda_use_tf32")
 
 
 # Identity fields most rows lack: a row without one keeps the key it had before the field existed.
