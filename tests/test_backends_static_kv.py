@@ -262,3 +262,13 @@ def test_an_instance_survives_another_resetting_dynamo(compiled, tiny_model, pro
     other = load_backend("static-kv", tiny_model, options=FAST_COMPILE)
     greedy(other, prompts[:1], 5)  # its first compile resets dynamo: the graphs above are gone
     np.testing.assert_array_equal(greedy(compiled, prompts, 30), reference[0])  # compiled again
+
+
+def test_a_one_token_prompt_runs_on_the_decode_graph(compiled, tiny_model, prompts):
+    from torch._dynamo.utils import counters
+
+    greedy(compiled, prompts, 5)  # batch 2's decode graph, greedy
+    graphs = counters["stats"]["unique_graphs"]
+    first = prompts[:, :1]
+    np.testing.assert_array_equal(greedy(compiled, first, 5), greedy(load_backend("hf-eager", tiny_model), first, 5))
+    assert counters["stats"]["unique_graphs"] == graphs  # no prefill graph for length 1

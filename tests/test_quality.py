@@ -152,6 +152,13 @@ def test_fp32_backends_match_reference_perplexity(trained_model, tokenizer, hf_q
     assert result.agreement.max_abs_logprob_diff < 1e-3
 
 
+def test_quality_generates_each_prompt_alone_so_no_batch_is_allocated_for_it(tiny_model, tokenizer):
+    backend = load_backend("static-kv-eager", tiny_model)
+    result = evaluate(backend, tiny_model, tokenizer, SETTINGS)
+    assert result.agreement.greedy_match == 1.0  # the same model and dtype as the reference
+    assert list(backend._caches) == [1]  # batch 1 only: compiled, a batch of 3 would compile anew
+
+
 @pytest.mark.parametrize(("name", "ppl_rel"), [("hf-fp16-dynq", 0.01), ("hf-int8-dynq", None), ("onnx-int8", None)])
 def test_quantized_backends_report_their_cost(trained_model, tokenizer, hf_quality, name, ppl_rel):
     if name.startswith("onnx"):

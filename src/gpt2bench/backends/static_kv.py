@@ -283,9 +283,15 @@ class _StaticKV(TorchDevice, Backend):
             if not sampling.greedy:
                 torch.manual_seed(sampling.seed)
             idx = torch.from_numpy(input_ids).to(self.device)
+            positions = torch.arange(seq, device=self.device)
             wide = self._wide_prefill is not None and batch * seq >= WIDEN_ROWS
-            prefill = self._wide_prefill if wide else self._prefill
-            token = prefill(self.model, idx, torch.arange(seq, device=self.device), self._slots, *params)
+            if seq == 1 and not wide:
+                # A one-token prompt is a decode step at position 0, so the decode graph serves it: a
+                # prefill graph of its own (dynamo specializes length 1) cost a 32 s compile at 124M.
+                token = self._step(idx.contiguous(), positions, params)  # the graph's strides
+            else:
+                prefill = self._wide_prefill if wide else self._prefill
+                token = prefill(self.model, idx, positions, self._slots, *params)
             pos = torch.tensor([seq], device=self.device)  # advanced in place on the device
         yield token.cpu().numpy()
         # Once these sampling parameters have run a decode step on the current graphs, dynamo's guards
@@ -296,14 +302,19 @@ class _StaticKV(TorchDevice, Backend):
         trusted = self._trusted(seen)
         for _ in range(max_new_tokens - 1):
             with torch.inference_mode(), torch.compiler.set_stance(skip_guard_eval_unsafe=trusted):
-                if self.cudagraphs:
-                    torch.compiler.cudagraph_mark_step_begin()
-                token = self._decode(self.model, token.view(batch, 1), pos, self._slots, *params)
-                if self.cudagraphs:
-                    token = token.clone()  # the graph's output buffer is overwritten on replay
+                token = self._step(token.view(batch, 1), pos, params)
                 pos += 1
             self._warm.add(seen)
             yield token.cpu().numpy()
+
+    def _step(self, token: torch.Tensor, pos: torch.Tensor, params: tuple[float, int, float]) -> torch.Tensor:
+        """One decode step: [batch, 1] ids at position pos [1] -> the next [batch] ids."""
+        import torch
+
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        token = self._decode(self.model, token, pos, self._slots, *params)
+        return token.clone() if self.cudagraphs else token  # a graph's output is overwritten on replay
 
     def _trusted(self, seen: tuple[Any, ...]) -> bool:
         """Whether decoding `seen` (shape and sampling) may skip dynamo's guards: only on graphs this
