@@ -76,6 +76,15 @@ def test_stopping_at_the_first_precise_look_keeps_the_reported_interval_honest()
     assert covered / trials >= 0.975
 
 
+def test_precision_line_says_why_a_median_has_no_interval():
+    from gpt2bench.report.summary import precision_line
+
+    row = {"repeats": 7, "ci_level": 0.983, "stop_reason": "budget", "e2e_ci_rel": 0.05}
+    one = precision_line({**row, "gen_len": 1, "tpot_ci_rel": float("nan")})
+    assert "median TPOT n/a (1 token), e2e +-5.0%" in one  # a 1-token run has no inter-token gap
+    assert "median TPOT unbounded" in precision_line({**row, "gen_len": 10, "tpot_ci_rel": float("nan")})
+
+
 def test_adaptive_settings_are_checked_with_one_line_errors():
     with pytest.raises(UsageError, match="target_ci must be in"):
         Adaptive(target_ci=0).validate()

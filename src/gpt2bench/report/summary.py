@@ -114,8 +114,9 @@ def precision_line(row: dict[str, Any]) -> str:
     def pct(value: object) -> str:
         return "unbounded" if not isinstance(value, float) or math.isnan(value) else f"+-{value:.1%}"
 
+    tpot = "n/a (1 token)" if row.get("gen_len") == 1 else pct(row.get("tpot_ci_rel"))  # no gaps to time
     return (
-        f"{row['repeats']} runs, median TPOT {pct(row.get('tpot_ci_rel'))}, e2e {pct(row.get('e2e_ci_rel'))} "
+        f"{row['repeats']} runs, median TPOT {tpot}, e2e {pct(row.get('e2e_ci_rel'))} "
         f"({row['ci_level']:.1%} interval), stopped: {row['stop_reason']}"
     )
 
