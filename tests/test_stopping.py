@@ -133,7 +133,7 @@ def test_sweep_flags_override_the_configs_repetitions(tmp_path):
     back = _with_repeats(own, "4", None)
     assert back.repeats == 4 and back.adaptive is None
     for args, message in [
-        ((fixed, None, 0.02), "--target-ci applies to repeats auto: add --repeats auto"),
+        ((fixed, None, 0.02), "--target-ci applies to repeats auto, add --repeats auto"),
         ((fixed, "4", 0.02), "--target-ci applies to repeats auto, not to a fixed count"),
         ((fixed, "0", None), "--repeats must be at least 1, got 0"),
         ((fixed, "many", None), "--repeats must be a whole number or auto, got 'many'"),

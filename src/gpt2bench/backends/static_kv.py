@@ -4,7 +4,7 @@ On the CPU the decode step is compiled with inductor in "max-autotune-no-cudagra
 weight freezing; on CUDA with "reduce-overhead" (CUDA graphs), fullgraph. Prefill and the
 one-token decode step are compiled separately: prefill with dynamic shapes, decode with the fixed
 shapes the static cache gives it, so one graph serves every token. The cache is allocated once per
-batch size at the model's full context; each cell's attention reads a window of it sized for the
+batch size for the model's whole context; each cell's attention reads a window of it sized for the
 cell (prompt + generation, rounded up to 64 slots), and that window's length is the one dynamic
 size of the decode graph, so one graph serves every cell of a sweep. `setup` sizes the window and
 compiles before warm-up; the harness reports that time as setup_s, never in TTFT.
@@ -354,7 +354,7 @@ class _StaticKV(TorchDevice, Backend):
             info["cuda_graph_skips"] = skipped
         if self.shape:
             caches = self.cache_tensors()
-            info["cache_shape"] = list(caches[0].shape)  # allocated: the model's full context
+            info["cache_shape"] = list(caches[0].shape)  # allocated: the context and a round more
             info["cache_len"] = self.shape[1]  # the window attention reads, a column of the row
             info["cache_mb"] = round(sum(t.numel() * t.element_size() for t in caches) / 2**20, 1)
         return info

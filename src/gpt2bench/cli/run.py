@@ -42,9 +42,12 @@ def parse_repeats(text: str, target_ci: float) -> tuple[int, Adaptive | None]:
         rule = Adaptive(target_ci=target_ci)
         return rule.max_repeats, rule
     try:
-        return int(text), None
+        count = int(text)
     except ValueError:
         raise UsageError(f"--repeats must be a whole number or auto, got '{text}'") from None
+    if count < 1:
+        raise UsageError(f"--repeats must be at least 1, got {count}")
+    return count, None
 
 
 def run(

@@ -77,17 +77,13 @@ def _with_repeats(spec: SweepSpec, repeats: str | None, target_ci: float | None)
 
     if repeats is None and target_ci is None:
         return spec
-    if repeats is None and spec.adaptive is None:
-        raise UsageError("--target-ci applies to repeats auto: add --repeats auto")
-    rule = spec.adaptive if repeats is None else parse_repeats(repeats, Adaptive().target_ci)[1]
+    count, rule = (spec.repeats, spec.adaptive) if repeats is None else parse_repeats(repeats, Adaptive().target_ci)
     if rule is None:
-        count = parse_repeats(str(repeats), 0.0)[0]
-        if count < 1:
-            raise UsageError(f"--repeats must be at least 1, got {count}")
         if target_ci is not None:
-            raise UsageError("--target-ci applies to repeats auto, not to a fixed count")
+            where = "add --repeats auto" if repeats is None else "not to a fixed count"
+            raise UsageError(f"--target-ci applies to repeats auto, {where}")
         return dataclasses.replace(spec, repeats=count, adaptive=None)
-    rule = dataclasses.replace(spec.adaptive or rule)
+    rule = spec.adaptive or rule
     if target_ci is not None:
         rule = dataclasses.replace(rule, target_ci=target_ci)
     rule.validate()
