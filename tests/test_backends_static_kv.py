@@ -272,3 +272,19 @@ def test_a_one_token_prompt_runs_on_the_decode_graph(compiled, tiny_model, promp
     first = prompts[:, :1]
     np.testing.assert_array_equal(greedy(compiled, first, 5), greedy(load_backend("hf-eager", tiny_model), first, 5))
     assert counters["stats"]["unique_graphs"] == graphs  # no prefill graph for length 1
+
+
+def test_a_prompt_cut_from_a_larger_array_shares_the_graphs_of_any_other(compiled, tokenizer):
+    """Quality hands the backend rows of a larger array (`prompts[i][None]` has stride 0 in its batch
+    dimension, `seqs[i : i + 1]` its parent's row length): those strides must not reach dynamo, which
+    guards them, or the cells after quality compile prefill and full logits again (23-31 s at 124M)."""
+    from torch._dynamo.utils import counters
+
+    rows = make_prompts(tokenizer, 40, 2).input_ids
+    greedy(compiled, rows[1][None], 3)
+    compiled.logits(rows[1:2])
+    graphs = counters["stats"]["unique_graphs"]
+    fresh = make_prompts(tokenizer, 30, 1).input_ids
+    greedy(compiled, fresh, 3)
+    compiled.logits(fresh)
+    assert counters["stats"]["unique_graphs"] == graphs

@@ -71,10 +71,9 @@ class HFEager(TorchDevice, Backend):
         return model
 
     def generate(self, input_ids: np.ndarray, max_new_tokens: int, sampling: Sampling) -> Iterator[np.ndarray]:
-        import torch
 
         generator = make_generator(sampling, self.device)
-        ids = torch.from_numpy(input_ids).to(self.device)
+        ids = self.ids(input_ids)
         past = None
         for _ in range(max_new_tokens):
             ids, past = self._step(ids, past, sampling, generator)
@@ -94,7 +93,7 @@ class HFEager(TorchDevice, Backend):
         import torch
 
         with torch.inference_mode():
-            out = self.model(input_ids=torch.from_numpy(input_ids).to(self.device), use_cache=False)
+            out = self.model(input_ids=self.ids(input_ids), use_cache=False)
             return out.logits.float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:

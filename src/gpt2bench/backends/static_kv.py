@@ -282,13 +282,13 @@ class _StaticKV(TorchDevice, Backend):
         with torch.inference_mode():
             if not sampling.greedy:
                 torch.manual_seed(sampling.seed)
-            idx = torch.from_numpy(input_ids).to(self.device)
+            idx = self.ids(input_ids)
             positions = torch.arange(seq, device=self.device)
             wide = self._wide_prefill is not None and batch * seq >= WIDEN_ROWS
             if seq == 1 and not wide:
                 # A one-token prompt is a decode step at position 0, so the decode graph serves it: a
                 # prefill graph of its own (dynamo specializes length 1) cost a 32 s compile at 124M.
-                token = self._step(idx.contiguous(), positions, params)  # the graph's strides
+                token = self._step(idx, positions, params)
             else:
                 prefill = self._wide_prefill if wide else self._prefill
                 token = prefill(self.model, idx, positions, self._slots, *params)
@@ -333,7 +333,7 @@ class _StaticKV(TorchDevice, Backend):
         batch, seq = input_ids.shape
         self._ensure_cache(batch, seq)
         with torch.inference_mode():
-            idx = torch.from_numpy(input_ids).to(self.device)
+            idx = self.ids(input_ids)
             pos = torch.arange(seq, device=self.device)
             return self._full(self.model, idx, pos, self._slots).float().cpu().numpy()
 
