@@ -250,7 +250,8 @@ def test_adaptive_runs_on_shared_compiles_match_a_fixed_count_measured_alone(tin
     Why paired rounds: on this VM the speed of one worker's blocks swung 0.5-1.7x against its
     neighbour's within seconds; pooled intervals of the two sides missed each other in 2 of 10
     trials of identical code, the paired ratios' interval in none. It does see a real difference:
-    with the attention window forced to 1,024 slots (16x this cell's), it failed 2 of 4 trials."""
+    with the attention window forced to 1,024 slots (16x this cell's), it failed 2 of 4 trials
+    (of 8 rounds each)."""
     blocks = _interleaved_workers(tiny_model_dir, rounds=10)
     for name in ("tpot_ms", "e2e_ms"):
         ratios = [

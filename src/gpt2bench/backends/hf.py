@@ -71,7 +71,6 @@ class HFEager(TorchDevice, Backend):
         return model
 
     def generate(self, input_ids: np.ndarray, max_new_tokens: int, sampling: Sampling) -> Iterator[np.ndarray]:
-
         generator = make_generator(sampling, self.device)
         ids = self.ids(input_ids)
         past = None

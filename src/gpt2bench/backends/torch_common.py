@@ -140,7 +140,8 @@ class TorchDevice:
         prompts compiled it with stride 0."""
         import torch
 
-        return torch.from_numpy(input_ids).to(self.device).clone(memory_format=torch.contiguous_format)
+        # Cloned on the host, so a CUDA device gets one copy, not a copy and a clone of it.
+        return torch.from_numpy(input_ids).clone(memory_format=torch.contiguous_format).to(self.device)
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
