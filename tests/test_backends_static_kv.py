@@ -3,18 +3,26 @@
 import numpy as np
 import pytest
 
-from conftest import greedy, load_backend
+from conftest import compile_events, greedy, load_backend
 from gpt2bench.backends.base import Sampling
 from gpt2bench.measure.prompts import make_prompts
 
 # Tests compile in inductor's "default" mode: the same graphs, minutes less autotuning. The
 # production default (max-autotune-no-cudagraphs) gets one test of its own below.
 FAST_COMPILE = {"compile_mode": "default"}
+# static-kv on the CPU builds AOTInductor packages by default; `compiler: dynamo` is torch.compile
+# in-process, which guards (strides, dynamo resets) only that path has.
+DYNAMO = {**FAST_COMPILE, "compiler": "dynamo"}
 
 
 @pytest.fixture(scope="module")
 def compiled(tiny_model):
     return load_backend("static-kv", tiny_model, options=FAST_COMPILE)
+
+
+@pytest.fixture(scope="module")
+def dynamo(tiny_model):
+    return load_backend("static-kv", tiny_model, options=DYNAMO)
 
 
 @pytest.fixture(scope="module")
@@ -47,19 +55,26 @@ def test_cache_is_allocated_once_and_written_in_place(compiled, prompts):
     assert after[0][:, :, :45].abs().sum() > 0 and after[0][:, :, 45:].abs().sum() == 0
 
 
-def test_setup_compiles_the_cell_frozen_so_timed_generation_compiles_nothing(compiled, prompts):
+@pytest.mark.parametrize("variant", ["compiled", "dynamo"])
+def test_setup_compiles_the_cell_frozen_so_timed_generation_compiles_nothing(
+    request, variant, prompts, tmp_path, monkeypatch
+):
     import torch
     from torch._dynamo.utils import counters
 
+    from gpt2bench.backends.aoti import DIR_ENV
+
+    backend = request.getfixturevalue(variant)
+    monkeypatch.setenv(DIR_ENV, str(tmp_path))  # an empty package folder: the packages are built here
     packed = counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"]
-    compiled.setup(1, 16, 60, Sampling())  # batch 1: no test before uses it, so it compiles
+    backend.setup(1, 16, 60, Sampling())  # batch 1: no test before uses it, so it compiles
     # Freezing made the weights constants, so inductor prepacked them for its CPU GEMMs (without it
     # every weight stays a graph input and nothing is packed); and the setting did not leak out.
     assert counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] > packed
     assert torch._inductor.config.freezing is False
-    graphs = counters["stats"]["unique_graphs"]
-    assert greedy(compiled, prompts[:1], 60).shape == (1, 60)
-    assert counters["stats"]["unique_graphs"] == graphs  # compile time stays in setup_s
+    events = compile_events()
+    assert greedy(backend, prompts[:1], 60).shape == (1, 60)
+    assert compile_events() == events  # compile time stays in setup_s
 
 
 def test_decode_attention_matches_sdpa():
@@ -145,12 +160,17 @@ def test_bf16_runs_and_reports_agreement(tiny_model, prompts, reference):
     print(f"static-kv bf16 greedy agreement with hf-eager fp32: {(tokens == reference[0]).mean():.2%}")
 
 
-def test_compiled_bf16_where_emulated_templates_short_prefills_and_widens_long_ones(tiny_model, prompts, reference):
+def test_compiled_bf16_where_emulated_templates_short_prefills_and_widens_long_ones(
+    tiny_model, prompts, reference, tmp_path, monkeypatch
+):
     import torch
     from torch._dynamo.utils import counters
     from torch.profiler import profile
 
+    from gpt2bench.backends.aoti import DIR_ENV
     from gpt2bench.backends.static_kv import WIDEN_ROWS
+
+    monkeypatch.setenv(DIR_ENV, str(tmp_path))  # packages built here, so their GEMMs are counted
 
     bf16 = load_backend("static-kv", tiny_model, dtype="bf16")  # max-autotune-no-cudagraphs
     emulated = not torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -211,10 +231,11 @@ def test_cuda_graphs_match_hf_eager(tiny_model, prompts, reference):
 
 def test_cuda_graphs_are_reported_as_used_only_when_inductor_captured_them(tiny_model, prompts, reference):
     # On the CPU inductor cannot capture CUDA graphs: a mode that asks for them must say they were skipped.
-    backend = load_backend("static-kv", tiny_model, options={"compile_mode": "reduce-overhead"})
+    options = {"compile_mode": "reduce-overhead", "compiler": "dynamo"}
+    backend = load_backend("static-kv", tiny_model, options=options)
     np.testing.assert_array_equal(greedy(backend, prompts, 10), reference[0][:, :10])
     details = backend.describe()
-    assert details["compile_mode"] == "reduce-overhead"
+    assert details["compile_mode"] == "reduce-overhead" and details["compiler"] == "dynamo"
     assert details["cuda_graphs"] is False and details["cuda_graph_skips"] >= 1
     assert details["compile_cache"] in ("cold", "warm")  # read before it compiled
     eager = load_backend("static-kv-eager", tiny_model).describe()
@@ -236,16 +257,16 @@ def test_each_cell_reads_a_window_of_its_own_length(eager, tokenizer):
     assert eager.describe()["cache_shape"][2] == 1024 + 64  # one allocation: the context and a round
 
 
-def test_one_decode_graph_serves_every_window(compiled, prompts, reference):
-    from torch._dynamo.utils import counters
-
+@pytest.mark.parametrize("variant", ["compiled", "dynamo"])
+def test_one_decode_graph_serves_every_window(request, variant, prompts, reference):
+    compiled = request.getfixturevalue(variant)
     compiled.setup(2, 16, 14, Sampling())  # window 64
-    graphs = counters["stats"]["unique_graphs"]
+    graphs = compile_events()
     for gen, window in [(200, 256), (400, 448), (1000, 1024)]:
         compiled.setup(2, 16, gen, Sampling())
         assert compiled.describe()["cache_len"] == window
     long = greedy(compiled, prompts, 400)  # window 448, the other end of the cache from 64
-    assert counters["stats"]["unique_graphs"] == graphs  # before windows, every one compiled anew
+    assert compile_events() == graphs  # before windows, every one compiled anew
     np.testing.assert_array_equal(long[:, :30], reference[0])
 
 
@@ -257,34 +278,32 @@ def test_rows_carry_the_window_their_decode_read(tiny_model_dir):
     assert run_cell(spec, "r", lambda _msg: None).row["cache_len"] == 128  # 70 slots, rounded up to 64
 
 
-def test_an_instance_survives_another_resetting_dynamo(compiled, tiny_model, prompts, reference):
-    np.testing.assert_array_equal(greedy(compiled, prompts, 30), reference[0])  # warm: guards skipped
-    other = load_backend("static-kv", tiny_model, options=FAST_COMPILE)
+def test_an_instance_survives_another_resetting_dynamo(dynamo, tiny_model, prompts, reference):
+    np.testing.assert_array_equal(greedy(dynamo, prompts, 30), reference[0])  # warm: guards skipped
+    other = load_backend("static-kv", tiny_model, options=DYNAMO)
     greedy(other, prompts[:1], 5)  # its first compile resets dynamo: the graphs above are gone
-    np.testing.assert_array_equal(greedy(compiled, prompts, 30), reference[0])  # compiled again
+    np.testing.assert_array_equal(greedy(dynamo, prompts, 30), reference[0])  # compiled again
 
 
-def test_a_one_token_prompt_runs_on_the_decode_graph(compiled, tiny_model, prompts):
-    from torch._dynamo.utils import counters
-
-    greedy(compiled, prompts, 5)  # batch 2's decode graph, greedy
-    graphs = counters["stats"]["unique_graphs"]
+def test_a_one_token_prompt_runs_on_the_decode_graph(dynamo, tiny_model, prompts):
+    # On dynamo, where a prefill call of length 1 would compile a graph of its own (packages give
+    # the prompt length a range from 2 and run a shorter prompt uncompiled, which counts nothing).
+    greedy(dynamo, prompts, 5)  # batch 2's decode graph, greedy
+    graphs = compile_events()
     first = prompts[:, :1]
-    np.testing.assert_array_equal(greedy(compiled, first, 5), greedy(load_backend("hf-eager", tiny_model), first, 5))
-    assert counters["stats"]["unique_graphs"] == graphs  # no prefill graph for length 1
+    np.testing.assert_array_equal(greedy(dynamo, first, 5), greedy(load_backend("hf-eager", tiny_model), first, 5))
+    assert compile_events() == graphs  # no prefill graph for length 1
 
 
-def test_a_prompt_cut_from_a_larger_array_shares_the_graphs_of_any_other(compiled, tokenizer):
+def test_a_prompt_cut_from_a_larger_array_shares_the_graphs_of_any_other(dynamo, tokenizer):
     """Quality hands the backend rows of a larger array (`prompts[i][None]` has stride 0 in its batch
     dimension, `seqs[i : i + 1]` its parent's row length): those strides must not reach dynamo, which
     guards them, or the cells after quality compile prefill and full logits again (23-31 s at 124M)."""
-    from torch._dynamo.utils import counters
-
     rows = make_prompts(tokenizer, 40, 2).input_ids
-    greedy(compiled, rows[1][None], 3)
-    compiled.logits(rows[1:2])
-    graphs = counters["stats"]["unique_graphs"]
+    greedy(dynamo, rows[1][None], 3)
+    dynamo.logits(rows[1:2])
+    graphs = compile_events()
     fresh = make_prompts(tokenizer, 30, 1).input_ids
-    greedy(compiled, fresh, 3)
-    compiled.logits(fresh)
-    assert counters["stats"]["unique_graphs"] == graphs
+    greedy(dynamo, fresh, 3)
+    dynamo.logits(fresh)
+    assert compile_events() == graphs

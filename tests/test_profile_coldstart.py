@@ -144,6 +144,7 @@ def test_cold_cache_processes_get_private_empty_compile_caches(tmp_path, tiny_mo
 
     env = cold_cache_env(tmp_path / "c")
     assert env["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "c" / "inductor")
+    assert env["GPT2BENCH_AOTI_CACHE"] == str(tmp_path / "c" / "aoti")  # static-kv's packages
     assert env["VLLM_CACHE_ROOT"] == str(tmp_path / "c" / "vllm") and env["PATH"] == os.environ["PATH"]
     out = tmp_path / "out"
     proc = run_cli(

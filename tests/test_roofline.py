@@ -301,7 +301,7 @@ def test_a_backend_declares_its_weight_width_and_arithmetic_so_a_plugin_gets_roo
 
 def test_cached_roofs_belong_to_the_cpu_that_measured_them(monkeypatch, tmp_path):
     # A cache shared between hosts (a Docker volume) must not hand one machine's roofs to another.
-    from gpt2bench.machine import sysinfo
+    from gpt2bench.core import cpu as core_cpu
 
     monkeypatch.setenv("GPT2BENCH_CACHE", str(tmp_path))
     measured = []
@@ -311,10 +311,10 @@ def test_cached_roofs_belong_to_the_cpu_that_measured_them(monkeypatch, tmp_path
         return {"read_bandwidth_gbs": 10.0 * len(measured), "peak_gflops": {}}, 0.0
 
     zen3 = {"vendor": "AuthenticAMD", "family": "25", "model": "1", "stepping": "1", "isa": ["avx2", "fma"]}
-    monkeypatch.setattr(sysinfo, "cpu_id", lambda: zen3)
+    monkeypatch.setattr(core_cpu, "cpu_id", lambda: zen3)
     assert machine_roofs(2, measure=measure)["read_bandwidth_gbs"] == 10.0
     assert machine_roofs(2, measure=measure)["read_bandwidth_gbs"] == 10.0 and len(measured) == 1  # cached
-    monkeypatch.setattr(sysinfo, "cpu_id", lambda: {**zen3, "model": "17", "isa": ["avx2", "avx512_bf16"]})
+    monkeypatch.setattr(core_cpu, "cpu_id", lambda: {**zen3, "model": "17", "isa": ["avx2", "avx512_bf16"]})
     assert machine_roofs(2, measure=measure)["read_bandwidth_gbs"] == 20.0  # another CPU: measured anew
 
 

@@ -1,5 +1,6 @@
 """The machine record: enough to tell two CPUs that share a marketing name apart."""
 
+from gpt2bench.core import cpu as core_cpu
 from gpt2bench.machine import sysinfo
 
 
@@ -9,7 +10,7 @@ def test_cpu_id_reads_family_model_and_the_kernel_deciding_isa(monkeypatch):
         "model name\t: AMD EPYC\nstepping\t: 1\nflags\t\t: fpu sse avx2 fma avx512f avx512_bf16 avx512_vnni\n\n"
         "processor\t: 1\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nflags\t\t: fpu\n"
     )
-    monkeypatch.setattr(sysinfo, "_cpuinfo_first", lambda: sysinfo._parse_cpuinfo(cpuinfo))
+    monkeypatch.setattr(core_cpu, "_cpuinfo_first", lambda: core_cpu._parse_cpuinfo(cpuinfo))
     cpu = sysinfo.cpu_id()
     assert cpu == {
         "vendor": "AuthenticAMD",

@@ -1,33 +1,45 @@
-"""`static-kv`: our GPT-2 (gpt2.py) with a preallocated KV cache, compiled with torch.compile.
+"""`static-kv`: our GPT-2 (gpt2.py) with a preallocated KV cache, compiled by inductor.
 
-On the CPU the decode step is compiled with inductor in "max-autotune-no-cudagraphs" mode with
-weight freezing; on CUDA with "reduce-overhead" (CUDA graphs), fullgraph. Prefill and the
-one-token decode step are compiled separately: prefill with dynamic shapes, decode with the fixed
-shapes the static cache gives it, so one graph serves every token. The cache is allocated once per
-batch size for the model's whole context; each cell's attention reads a window of it sized for the
-cell (prompt + generation, rounded up to 64 slots), and that window's length is the one dynamic
-size of the decode graph, so one graph serves every cell of a sweep. `setup` sizes the window and
-compiles before warm-up; the harness reports that time as setup_s, never in TTFT.
+On the CPU the decode step is compiled in "max-autotune-no-cudagraphs" mode with weight freezing,
+as an AOTInductor package kept on disk, so the next process loads it in seconds instead of compiling
+it again (aoti.py; `compiler: dynamo` compiles in-process with torch.compile instead). On CUDA it is
+torch.compile'd with "reduce-overhead" (CUDA graphs), fullgraph. Prefill and the one-token decode
+step are compiled separately: prefill with a dynamic length, decode with the fixed shapes the static
+cache gives it, so one graph serves every token. The cache is allocated once per batch size for the
+model's whole context; each cell's attention reads a window of it sized for the cell (prompt +
+generation, rounded up to 64 slots), and that window's length is the one dynamic size of the decode
+graph, so one graph serves every cell of a sweep. `setup` sizes the window and compiles (or loads)
+before warm-up; the harness reports that time as setup_s, never in TTFT.
 
-No host sync inside a step: the next token stays on the device and feeds the next step, the
-position is a device tensor advanced in place, and sampling uses the exponential-noise argmax
-(argmax p/q with q ~ Exp(1) draws from p) instead of torch.multinomial. The only sync is the copy
-of each step's ids to the host, which the harness needs to timestamp tokens.
+No host sync inside a step (static_kv_steps.py): the next token stays on the device and feeds the
+next step and the position is a device tensor advanced in place. The only sync is the copy of each
+step's ids to the host, which the harness needs to timestamp tokens.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from gpt2bench.backends.aoti import PackagedStep, package_dir
 from gpt2bench.backends.base import Backend, BackendSettings, register
+from gpt2bench.backends.static_kv_steps import (
+    COMPILE_MODES,
+    COMPILERS,
+    DEFAULT_MODE,
+    MODE_OPTIONS,
+    aoti_steps,
+    cudagraph_skips,
+    dynamo_steps,
+    eager_steps,
+)
 from gpt2bench.backends.torch_common import (
     TorchDevice,
+    compile_cache_state,
     emulated_on_cpu,
     inductor_cache_state,
-    sampling_probs,
     torch_device,
     torch_dtype,
 )
@@ -47,83 +59,6 @@ RECOMPILE_LIMIT = 64  # graphs kept per step function (dynamo's default: 8)
 # the templated bf16 GEMMs ~4 ms a row, so below ~10-16 rows the template wins (prompt 8: 37 ms
 # against ~80), above it widening does (prompt 50: 215 -> ~140 ms; prompt 900: 3.6 -> 1.4 s).
 WIDEN_ROWS = 16
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-DEFAULT_MODE = {"cpu": "max-autotune-no-cudagraphs", "cuda": "reduce-overhead"}
-# torch.compile takes a mode or an options dict, not both; on the CPU we pass options (the GEMM
-# backends, a silent autotune report), so each mode is spelled out as the inductor settings it stands for.
-MODE_OPTIONS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "reduce-overhead": {"triton.cudagraphs": True},
-    "max-autotune": {"max_autotune": True, "triton.cudagraphs": True},
-    "max-autotune-no-cudagraphs": {"max_autotune": True, "triton.cudagraphs": False},
-}
-
-
-def next_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    """[batch, vocab] -> [batch] ids, with no host sync (safe inside a compiled or captured step)."""
-    import torch
-
-    if temperature == 0.0:
-        return logits.argmax(dim=-1)
-    probs = sampling_probs(logits, temperature, top_k, top_p)
-    noise = torch.empty_like(probs).exponential_(1)
-    return (probs / noise).argmax(dim=-1)
-
-
-# Every step takes the model, the ids, their positions and `slots` (arange of the attention window).
-def prefill_step(
-    model: Any, idx: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, temperature: float, top_k: int, top_p: float
-) -> torch.Tensor:
-    return next_token(model(idx, pos, slots, last_only=True)[:, -1], temperature, top_k, top_p)
-
-
-def wide_prefill_step(
-    model: Any, idx: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, temperature: float, top_k: int, top_p: float
-) -> torch.Tensor:
-    return next_token(model(idx, pos, slots, last_only=True, widen=True)[:, -1], temperature, top_k, top_p)
-
-
-def decode_step(
-    model: Any, idx: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, temperature: float, top_k: int, top_p: float
-) -> torch.Tensor:
-    return next_token(model(idx, pos, slots)[:, -1], temperature, top_k, top_p)
-
-
-def full_logits(model: Any, idx: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    return model(idx, pos, slots)
-
-
-def wide_full_logits(model: Any, idx: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    return model(idx, pos, slots, widen=True)
-
-
-def cudagraph_skips() -> int:
-    """Compiled graphs inductor has run without the CUDA graphs they asked for, in this process."""
-    from torch._dynamo.utils import counters
-
-    return counters["inductor"]["cudagraph_skips"]
-
-
-def with_freezing(compiled: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a torch.compile'd function with inductor's freezing on, wherever it (re)compiles.
-
-    Freezing folds the weights into the graph as constants, so inductor prepacks them for its CPU
-    GEMM kernels: measured here, fp32 TPOT 50 ms without it, 15-19 ms with it. It has to be the
-    global setting at call time: dynamo decides whether parameters become constants while tracing
-    and reads the global config, so `torch.compile(options={"freezing": True})` alone leaves every
-    weight a graph input (and the GEMMs on unpacked aten kernels).
-    """
-    from torch._inductor import config
-
-    def call(*args: Any) -> Any:
-        previous = config.freezing
-        config.freezing = True
-        try:
-            return compiled(*args)
-        finally:
-            config.freezing = previous
-
-    return call
 
 
 class _StaticKV(TorchDevice, Backend):
@@ -135,6 +70,9 @@ class _StaticKV(TorchDevice, Backend):
         mode = options.get("compile_mode")
         if mode is not None and mode not in COMPILE_MODES:
             raise UsageError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got '{mode}'")
+        compiler = options.get("compiler")
+        if compiler is not None and compiler not in COMPILERS["cpu"]:
+            raise UsageError(f"compiler must be one of {', '.join(COMPILERS['cpu'])}, got '{compiler}'")
 
     def load(self, model: ModelRef, settings: BackendSettings) -> dict[str, float]:
         from gpt2bench.backends.gpt2 import GPT2
@@ -144,6 +82,10 @@ class _StaticKV(TorchDevice, Backend):
         self.dtype = torch_dtype(settings.dtype)
         self.model = GPT2.from_hf(model.path, self.dtype, self.device)
         self.mode = settings.options.get("compile_mode", DEFAULT_MODE[self.device.type]) if self.compiled else None
+        self.compiler = settings.options.get("compiler", COMPILERS[self.device.type][0]) if self.compiled else None
+        if self.compiler is not None and self.compiler not in COMPILERS[self.device.type]:
+            raise UsageError(f"compiler {self.compiler} is CPU-only: CUDA takes torch.compile (compiler: dynamo)")
+        self.weights_hash = model.weights_hash
         self.emulated = emulated_on_cpu(self.dtype, self.device)
         self.wants_graphs = MODE_OPTIONS.get(self.mode or "default", {}).get("triton.cudagraphs", False)
         self.cudagraphs = self.device.type == "cuda" and self.wants_graphs
@@ -152,23 +94,20 @@ class _StaticKV(TorchDevice, Backend):
         self._slots: torch.Tensor | None = None  # arange(window)
         self._compiled = False
         self._caches: dict[int, list[torch.Tensor]] = {}  # batch size: k, v of every layer
-        self.compile_cache = inductor_cache_state() if self.mode is not None else "none"
+        cache = compile_cache_state(package_dir()) if self.compiler == "aoti" else inductor_cache_state()
+        self.compile_cache = cache if self.mode is not None else "none"
         return {}
 
     def _compile(self) -> None:
-        """Build the step functions, once per instance. Their graphs compile on first use (setup) and
-        are kept for the instance's life: one decode graph per batch size and sampling setting,
-        whatever the window."""
+        """Build the step functions, once per instance. Packaged steps load (or build) on first use;
+        torch.compile'd ones compile then and are kept for the instance's life: one decode graph per
+        batch size and sampling setting, whatever the window."""
         import torch
 
         self._compiled = True
         self._warm: set[tuple[tuple[int, int], float, int, float]] = set()  # (batch, window, sampling) decoded
-        # Where bf16/fp16 is emulated, long calls run their GEMMs in fp32 (gpt2.linear, WIDEN_ROWS).
-        wide_prefill = wide_prefill_step if self.emulated else None
-        logits_step = wide_full_logits if self.emulated else full_logits
         if self.mode is None:
-            self._decode, self._prefill = decode_step, prefill_step
-            self._wide_prefill, self._full = wide_prefill, logits_step
+            self._steps = eager_steps(self.emulated)
             return
         # This instance's graphs only: graphs left by another instance in the process (a test's, a
         # profile's) would share the step functions' dynamo cache and its recompile limit, and were
@@ -180,41 +119,10 @@ class _StaticKV(TorchDevice, Backend):
         # process must not hit the default limit of 8 (fullgraph makes that an error).
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         self._skips_at_compile = cudagraph_skips()
-        short_options: dict[str, Any] = {}
-        if self.device.type == "cpu":
-            # Inductor settings go per compile, so they cannot leak into other compiled code in the
-            # process. The autotune report (every GEMM candidate's timing on stderr) is not ours.
-            # GEMMs come from inductor's C++ template only: with oneDNN/MKL as candidates too, noisy
-            # autotuning timings here picked a different mix per compile, and the extern kernels
-            # read weights at 10-20 GB/s against the template's ~30 (bf16 TPOT 9-13 ms by process).
-            options = {
-                **MODE_OPTIONS[self.mode],
-                "autotune_num_choices_displayed": 0,
-                "max_autotune_report_choices_stats": False,
-                "max_autotune_gemm_backends": "CPP",
-            }
-            decode = torch.compile(decode_step, options=options, fullgraph=True, dynamic=False)
-            # bf16/fp16 on a CPU without native instructions for it (AVX2): freezing cannot hand
-            # prefill's GEMMs to oneDNN, and aten's fallback loop made TTFT 4x fp32's at prompt 50 on
-            # a Zen 3. Short prefills take inductor's C++ template, as decode does; long ones widen.
-            if self.emulated:
-                short_options = options
+        if self.compiler == "aoti":
+            self._steps = aoti_steps(self.mode, self.emulated, self.weights_hash)
         else:
-            decode = torch.compile(decode_step, mode=self.mode, fullgraph=True, dynamic=False)
-        # Prefill and full logits see a new length per cell: dynamic shapes, default mode unless
-        # said above (CUDA graphs of every prompt length would cost memory for one call each).
-        prefill = torch.compile(prefill_step, options=short_options, fullgraph=True, dynamic=True)
-        full = torch.compile(logits_step, fullgraph=True, dynamic=True)
-        if self.device.type == "cpu":
-            decode, prefill = with_freezing(decode), with_freezing(prefill)
-            # Frozen, the widened graphs would fold fp32 copies of the weights into constants:
-            # faster by the widening (~40 ms a call) but +0.5 GB for each graph, and a bf16 row whose
-            # memory is not bf16's. Unfrozen, their fp32 GEMMs are aten's, as in hf-eager.
-            full = full if self.emulated else with_freezing(full)
-        if wide_prefill is not None:
-            wide_prefill = torch.compile(wide_prefill, fullgraph=True, dynamic=True)
-        self._decode, self._prefill = decode, prefill
-        self._wide_prefill, self._full = wide_prefill, full
+            self._steps = dynamo_steps(self.device.type, self.mode, self.emulated)
 
     def _ensure_cache(self, batch: int, length: int) -> None:
         """Size the attention window for this call (prompt + generation, rounded up), since attention
@@ -260,7 +168,9 @@ class _StaticKV(TorchDevice, Backend):
         dummy = np.zeros((batch_size, prompt_len), dtype=np.int64)
         # A short generation on the cell's cache, not `generate`: that would size the cache (and
         # compile) for the short generation, leaving the cell's compile to its first timed call.
-        what = f"compiling (mode {self.mode}) for" if self.mode is not None else "a first generation at"
+        what = "a first generation at"
+        if self.mode is not None:
+            what = f"{'packages' if self.compiler == 'aoti' else 'compiling'} (mode {self.mode}) for"
         with progress.phase(f"static-kv: {what} batch {batch_size}, window {self.shape[1]}"):
             for _ in self._generate(dummy, min(max_new_tokens, 3), sampling):
                 pass
@@ -284,13 +194,13 @@ class _StaticKV(TorchDevice, Backend):
                 torch.manual_seed(sampling.seed)
             idx = self.ids(input_ids)
             positions = torch.arange(seq, device=self.device)
-            wide = self._wide_prefill is not None and batch * seq >= WIDEN_ROWS
+            wide = self._steps.wide_prefill is not None and batch * seq >= WIDEN_ROWS
             if seq == 1 and not wide:
                 # A one-token prompt is a decode step at position 0, so the decode graph serves it: a
                 # prefill graph of its own (dynamo specializes length 1) cost a 32 s compile at 124M.
                 token = self._step(idx, positions, params)
             else:
-                prefill = self._wide_prefill if wide else self._prefill
+                prefill = self._steps.wide_prefill if wide else self._steps.prefill
                 token = prefill(self.model, idx, positions, self._slots, *params)
             pos = torch.tensor([seq], device=self.device)  # advanced in place on the device
         yield token.cpu().numpy()
@@ -313,7 +223,7 @@ class _StaticKV(TorchDevice, Backend):
 
         if self.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
-        token = self._decode(self.model, token, pos, self._slots, *params)
+        token = self._steps.decode(self.model, token, pos, self._slots, *params)
         return token.clone() if self.cudagraphs else token  # a graph's output is overwritten on replay
 
     def _trusted(self, seen: tuple[Any, ...]) -> bool:
@@ -335,7 +245,7 @@ class _StaticKV(TorchDevice, Backend):
         with torch.inference_mode():
             idx = self.ids(input_ids)
             pos = torch.arange(seq, device=self.device)
-            return self._full(self.model, idx, pos, self._slots).float().cpu().numpy()
+            return self._steps.full(self.model, idx, pos, self._slots).float().cpu().numpy()
 
     def cache_tensors(self) -> list[torch.Tensor]:
         return [t for block in self.model.h for t in (block.attn.kv_cache.k, block.attn.kv_cache.v)]
@@ -343,12 +253,20 @@ class _StaticKV(TorchDevice, Backend):
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {
             "compile_mode": self.mode or "eager",
+            "compiler": self.compiler or "eager",
             "cuda_graphs": False,
             "compile_cache": self.compile_cache,
         }
-        if self.wants_graphs:
+        packaged = self._packaged()
+        if packaged:
+            built, loaded = sum(s.built for s in packaged), sum(s.loaded for s in packaged)
+            info["aoti_packages"] = {"built": built, "loaded": loaded}
+            # What this process did: built a package (cold) or only loaded what an earlier one built.
+            info["compile_cache"] = "cold" if built else "warm" if loaded else self.compile_cache
+        elif self.wants_graphs:
             # What happened, not what was asked: inductor falls back to plain kernels, with only a log
             # line, when a graph cannot be captured (a CPU tensor in the step, a mutated input, ...).
+            # Packages never capture CUDA graphs (they serve the CPU only).
             skipped = cudagraph_skips() - self._skips_at_compile
             info["cuda_graphs"] = self.cudagraphs and skipped == 0
             info["cuda_graph_skips"] = skipped
@@ -359,6 +277,10 @@ class _StaticKV(TorchDevice, Backend):
             info["cache_mb"] = round(sum(t.numel() * t.element_size() for t in caches) / 2**20, 1)
         return info
 
+    def _packaged(self) -> list[PackagedStep]:
+        steps = vars(self._steps).values() if self._compiled else []
+        return [step for step in steps if isinstance(step, PackagedStep)]
+
     def close(self) -> None:
         self.model = None
 
@@ -366,10 +288,10 @@ class _StaticKV(TorchDevice, Backend):
 @register(
     "static-kv",
     imports=("torch", "safetensors"),
-    description="our GPT-2, static KV cache, torch.compile (CUDA graphs on GPU)",
+    description="our GPT-2, static KV cache, compiled (CPU: AOTInductor packages kept on disk; CUDA: CUDA graphs)",
     devices=("cpu", "cuda"),
     dtypes=("fp32", "bf16", "fp16"),
-    options=("compile_mode",),
+    options=("compile_mode", "compiler"),
     kv_reads="allocated",  # attention reads every slot of the preallocated cache
     kv_slot_round=CACHE_ROUND,
 )

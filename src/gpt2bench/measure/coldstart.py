@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpt2bench.backends.aoti import DIR_ENV
 from gpt2bench.core.errors import BenchError
 
 if TYPE_CHECKING:
@@ -76,11 +77,13 @@ def measure(child: ChildSpec, env: dict[str, str] | None = None) -> ColdStart:
 
 
 def cold_cache_env(root: Path) -> dict[str, str]:
-    """This environment with private, empty compile caches under `root` (inductor's and vLLM's):
-    a process started with it compiles from scratch, as the first process on a machine does. The
-    model folder and gpt2bench's prepared artifacts (ONNX exports) are not compile caches and stay."""
+    """This environment with private, empty compile caches under `root` (inductor's, static-kv's
+    AOTInductor packages and vLLM's): a process started with it compiles from scratch, as the first
+    process on a machine does. The model folder and gpt2bench's prepared artifacts (ONNX exports) are
+    not compile caches and stay."""
     root.mkdir(parents=True, exist_ok=True)
-    return {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"), "VLLM_CACHE_ROOT": str(root / "vllm")}
+    caches = {"TORCHINDUCTOR_CACHE_DIR": "inductor", DIR_ENV: "aoti", "VLLM_CACHE_ROOT": "vllm"}
+    return {**os.environ, **{name: str(root / folder) for name, folder in caches.items()}}
 
 
 def measure_processes(
@@ -125,7 +128,8 @@ def measure_and_save(
     runs, stopped = measure_processes(spec.repeats, child, cold_cache)
     doc = document(runs, ref.as_record(), spec.as_record(), environment())
     # Warm (the default) is a deployment's restart; cold is a machine's first process.
-    doc["compile_cache"] = "cold: private, empty inductor and vLLM caches per process" if cold_cache else "shared"
+    cold = "cold: private, empty inductor, AOTInductor package and vLLM caches per process"
+    doc["compile_cache"] = cold if cold_cache else "shared"
     if stopped is not None:
         doc["stopped"] = "interrupted (Ctrl-C)" if isinstance(stopped, KeyboardInterrupt) else str(stopped)
     folder = output / new_run_id(f"coldstart-{spec.backend}")

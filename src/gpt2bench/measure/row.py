@@ -84,7 +84,7 @@ MEASURE_COLUMNS = [
     "peak_rss_scope",
     "other_cpu_s",
     "other_cpu_frac",
-    "compile_cache",  # cold | warm | none: an on-disk compile cache's state before load (setup_s, load_s)
+    "compile_cache",  # cold | warm | none: this process compiled, or reused an on-disk cache (setup_s, load_s)
     "async_scheduling",  # vLLM: the next step scheduled while one runs (on CUDA); see docs/backends.md
     "cuda_use_tf32",  # ONNX Runtime's CUDA provider: "0" = true fp32 matmuls
     "itl_burst_frac",  # share of inter-token gaps under 10 us: tokens that arrived in bursts
