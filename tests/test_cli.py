@@ -384,7 +384,10 @@ def test_env_names_the_cpu_and_says_which_arithmetic_has_no_roof(tmp_path):
         "matmul_gflops": {"fp32": 170.0, "bf16": 1.4, "int8": None},
     }
     (cache / "machine.json").write_text(json.dumps({f"{cpu_fingerprint()}-threads1_v5": roofs}))
-    proc = run_cli("env", "--threads", "1", env={"GPT2BENCH_CACHE": str(cache)})
+    (cache / "aoti").mkdir()
+    for name in ("decode-b1-x.pt2", "prefill-b1-y.pt2"):
+        (cache / "aoti" / name).write_bytes(b"\0" * 2**20)
+    proc = run_cli("env", "--threads", "1", env={"GPT2BENCH_CACHE": str(cache), "GPT2BENCH_AOTI_MAX_GB": "2"})
     assert proc.returncode == 0, proc.stderr
     lines = {}
     for line in proc.stdout.splitlines():
@@ -396,6 +399,7 @@ def test_env_names_the_cpu_and_says_which_arithmetic_has_no_roof(tmp_path):
     assert "no native bf16 matmul here (torch's fallback loop: 1.4 GFLOP/s" in lines["peak bf16"]
     assert lines["peak int8"].endswith("not available")  # neither kernel ran (the GOP/s unit: test_roofline)
     assert "huggingface-hub  " in proc.stdout  # the longest package name keeps a gap before its version
+    assert lines["aoti"] == f"aoti cache   2 static-kv packages, 0.0 of 2.0 GB, in {cache / 'aoti'}"
 
 
 def test_env_refuses_zero_threads():

@@ -69,6 +69,13 @@ def max_bytes() -> int:
     return int(gb * 2**30)
 
 
+def usage() -> tuple[int, int]:
+    """The packages in the folder and their bytes (`gpt2bench env` shows them)."""
+    folder = package_dir()
+    sizes = [p.stat().st_size for p in folder.glob("*.pt2")] if folder.is_dir() else []
+    return len(sizes), sum(sizes)
+
+
 def source_hash() -> str:
     here = Path(__file__).parent
     digest = hashlib.sha256()

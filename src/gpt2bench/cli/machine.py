@@ -22,6 +22,7 @@ def env(
         raise UsageError(f"threads must be at least 1, got {threads}")
     from rich.console import Console
 
+    from gpt2bench.backends import aoti
     from gpt2bench.core.paths import check_cache
     from gpt2bench.machine.roofs import machine_report
     from gpt2bench.machine.sysinfo import cpu_label
@@ -52,6 +53,11 @@ def env(
         else:
             shown = "not available"
         print(f"peak {dtype:<7} {shown}")
+    count, size = aoti.usage()
+    print(
+        f"aoti cache   {count} static-kv packages, {size / 2**30:.1f} of {aoti.max_bytes() / 2**30:.1f} GB, "
+        f"in {aoti.package_dir()}"
+    )
     print(f"python       {info['python']} on {info['platform']}")
     dirty = " (dirty)" if info["git"]["dirty"] else ""
     print(f"gpt2bench    {info['gpt2bench_version']} at {info['git']['commit']}{dirty}")
