@@ -87,18 +87,19 @@ def _file(path, size: int, age_s: float):
 
 
 def test_the_package_folder_keeps_the_most_recently_loaded_within_its_size(tmp_path):
-    from gpt2bench.backends.aoti import STALE_BUILD_S, evict
+    from gpt2bench.backends.aoti import STALE_BUILD_S, evict, locked
 
     old, mid, new = (_file(tmp_path / f"{n}.pt2", 100, age) for n, age in (("old", 300), ("mid", 200), ("new", 100)))
     just_built = _file(tmp_path / "built.pt2", 250, 0)
-    (tmp_path / "old.lock").touch()
     stale, live = tmp_path / "build-stale", tmp_path / "build-live"
     for folder, age in ((stale, STALE_BUILD_S + 60), (live, 10)):
         folder.mkdir()
         os.utime(folder, (time.time() - age, time.time() - age))
     assert evict(tmp_path, 400, keep=just_built) == [old, mid]  # oldest first, until 100 + 250 <= 400
-    assert new.exists() and just_built.exists() and not (tmp_path / "old.lock").exists()
+    assert new.exists() and just_built.exists() and not old.exists() and not mid.exists()
     assert not stale.exists() and live.exists()  # a killed build's folder goes; one in progress stays
+    with locked(new):  # another process loading it: passed by
+        assert evict(tmp_path, 10, keep=just_built) == []
     assert evict(tmp_path, 10, keep=just_built) == [new]  # the package just built stays whatever its size
 
 

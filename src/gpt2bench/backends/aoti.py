@@ -152,21 +152,28 @@ def build(step: Step, model: Any, batch: int, params: tuple[Any, ...], path: Pat
 
 
 @contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold `path`'s build lock: a second process wanting the same package waits, then loads it."""
+def locked(path: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold `path`'s lock while building or loading it: a second process wanting the same package
+    waits, then loads it, and eviction passes it by. Yields False, holding nothing, when `wait` is
+    off and another holds it. The lock files stay (empty): removing one would let a process that
+    waits on it and a newcomer both take "the" lock."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def evict(folder: Path, limit: int, keep: Path) -> list[Path]:
     """Remove the least recently loaded packages until the folder holds at most `limit` bytes
-    (`keep`, the package just built, stays whatever its size), and build folders a killed process
-    left. Returns what was removed."""
+    (`keep`, the package just built, stays whatever its size, and so does one another process is
+    building or loading), and build folders a killed process left. Returns what was removed."""
     now = time.time()
     for stale in folder.glob("build-*"):
         if now - stale.stat().st_mtime > STALE_BUILD_S:
@@ -179,9 +186,11 @@ def evict(folder: Path, limit: int, keep: Path) -> list[Path]:
             break
         if package == keep:
             continue
-        total -= package.stat().st_size
-        package.unlink(missing_ok=True)
-        package.with_suffix(".lock").unlink(missing_ok=True)
+        with locked(package, wait=False) as free:
+            if not free:
+                continue
+            total -= package.stat().st_size
+            package.unlink(missing_ok=True)
         removed.append(package)
     return removed
 
@@ -217,8 +226,8 @@ class PackagedStep:
                 self.built += 1
                 COUNTS["built"] += 1
                 evict(path.parent, max_bytes(), keep=path)
-        runner = torch._inductor.aoti_load_package(str(path))
-        os.utime(path)  # loaded now: the last to go when the folder is over its size
+            runner = torch._inductor.aoti_load_package(str(path))
+            os.utime(path)  # loaded now: the last to go when the folder is over its size
         self.loaded += 1
         COUNTS["loaded"] += 1
         _share_cache(runner, model)
