@@ -156,3 +156,22 @@ def test_a_compiler_that_does_not_exist_is_one_line(tiny_model_dir):
     )  # fmt: skip
     assert proc.returncode != 0
     assert "compiler must be one of aoti, dynamo, got 'tvm'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_bad_size_limit_stops_before_a_build(tiny_model, tmp_path, monkeypatch):
+    import torch
+
+    from gpt2bench.backends.aoti import COUNTS, DIR_ENV, MAX_GB_ENV, PackagedStep, Step
+    from gpt2bench.backends.gpt2 import GPT2
+    from gpt2bench.backends.static_kv_steps import decode_step
+    from gpt2bench.core.errors import UsageError
+
+    monkeypatch.setenv(DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(MAX_GB_ENV, "lots")
+    model = GPT2.from_hf(tiny_model.path, torch.float32, torch.device("cpu"))
+    model.setup_caches(1, 128)
+    step = PackagedStep(Step("decode", decode_step, {"freezing": True}), tiny_model.weights_hash)
+    built = COUNTS["built"]
+    with pytest.raises(UsageError, match="GPT2BENCH_AOTI_MAX_GB"):
+        step(model, torch.zeros(1, 1, dtype=torch.long), torch.tensor([0]), torch.arange(64), 0.0, 0, 1.0)
+    assert COUNTS["built"] == built and not list(tmp_path.glob("*.pt2"))  # nothing built, then refused
